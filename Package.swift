@@ -1,0 +1,65 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Every Swift target is built in the Swift 6 language mode, with complete strict concurrency checking, and with
+// nonisolated async functions running on their caller's executor, so that nothing a shard runs silently moves to
+// Swift's global concurrent executor.
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("NonisolatedNonsendingByDefault"),
+    .enableExperimentalFeature("StrictConcurrency=complete"),
+]
+
+let package = Package(
+    name: "ElasticStream",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Reactor", targets: ["Reactor"]),
+        .library(name: "Platform", targets: ["Platform"]),
+        .executable(name: "es-perf", targets: ["es-perf"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // The thin C shim over liburing, libnuma, libhugetlbfs and libxxhash. liburing.h is included only from the
+        // .c file: Swift sees an opaque ring handle.
+        .systemLibrary(name: "CLibURing", path: "CSupport/system/liburing", pkgConfig: "liburing",
+                       providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CLibNUMA", path: "CSupport/system/libnuma", pkgConfig: "numa",
+                       providers: [.apt(["libnuma-dev"])]),
+        .systemLibrary(name: "CLibXXHash", path: "CSupport/system/libxxhash", pkgConfig: "libxxhash",
+                       providers: [.apt(["libxxhash-dev"])]),
+        .target(
+            name: "CSupport",
+            dependencies: ["CLibURing", "CLibNUMA", "CLibXXHash"],
+            path: "CSupport",
+            exclude: ["system"],
+            cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])],
+            // libhugetlbfs ships no pkg-config file.
+            linkerSettings: [.linkedLibrary("hugetlbfs")]
+        ),
+        // The seam: clock, files and connections as protocols. The reactor implements them with io_uring; a
+        // deterministic simulator implements them for tests.
+        .target(name: "Platform", swiftSettings: swiftSettings),
+        .target(
+            name: "Reactor",
+            dependencies: ["CSupport", "Platform", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
+        .target(name: "CBaselines", dependencies: ["CLibURing"], path: "Perf/CBaselines",
+                cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
+        .executableTarget(
+            name: "es-perf",
+            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines"],
+            path: "Perf/es-perf",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ReactorTests",
+            dependencies: ["Reactor", "Platform", "CSupport"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

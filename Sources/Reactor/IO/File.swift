@@ -1,0 +1,167 @@
+import CSupport
+import Platform
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A file opened on one shard, read and written through that shard's ring at explicit offsets. Opened with
+/// `direct` (the default), it bypasses the page cache and every buffer address, length and offset must be a multiple
+/// of 4 KiB; a violation is an `.unaligned` error before anything reaches the kernel.
+public final class File: ShardFile {
+    public let path: String
+    public let descriptor: Int32
+    public let isDirect: Bool
+    let shard: Shard
+    private var closed = false
+
+    init(path: String, descriptor: Int32, isDirect: Bool, shard: Shard) {
+        self.path = path
+        self.descriptor = descriptor
+        self.isDirect = isDirect
+        self.shard = shard
+    }
+
+    deinit {
+        // A file dropped without close() is closed here rather than leaked; close() is the way that reports errors.
+        if !closed { Glibc.close(descriptor) }
+    }
+
+    static func open(_ path: String, options: FileOpenOptions, on shard: Shard) async throws(IOError) -> File {
+        var flags = O_CLOEXEC | (options.readOnly ? O_RDONLY : O_RDWR)
+        if options.create { flags |= O_CREAT }
+        if options.truncate { flags |= O_TRUNC }
+        if options.direct { flags |= cs_o_direct() }
+        let mode = options.permissions
+        // The kernel copies the path when the request is submitted, which `submitNow` does before returning.
+        guard let cPath = strdup(path) else { throw IOError(.open, .system(errno: ENOMEM), target: path) }
+        defer { free(cPath) }
+        let fd = try await shard.perform(.open, target: path, submitNow: true) { ring, userData, _ in
+            cs_prep_openat(ring, AT_FDCWD, cPath, Int32(flags), mode, userData)
+        }
+        return File(path: path, descriptor: fd, isDirect: options.direct, shard: shard)
+    }
+
+    private func checkOpen(_ operation: IOOperation) throws(IOError) {
+        if closed { throw IOError(operation, .system(errno: EBADF), target: path) }
+    }
+
+    private func checkAlignment(_ operation: IOOperation, address: UnsafeRawPointer?, count: Int, offset: UInt64)
+        throws(IOError)
+    {
+        guard isDirect else { return }
+        let alignment = FileOpenOptions.directAlignment
+        if let address, UInt(bitPattern: address) % UInt(alignment) != 0 {
+            throw IOError(operation, .unaligned(what: "buffer address", value: UInt64(UInt(bitPattern: address)),
+                                                alignment: alignment), target: path)
+        }
+        if count % alignment != 0 {
+            throw IOError(operation, .unaligned(what: "length", value: UInt64(count), alignment: alignment),
+                          target: path)
+        }
+        if offset % UInt64(alignment) != 0 {
+            throw IOError(operation, .unaligned(what: "offset", value: offset, alignment: alignment), target: path)
+        }
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(IOError) -> Int {
+        try checkOpen(.read)
+        try checkAlignment(.read, address: buffer.baseAddress, count: buffer.count, offset: offset)
+        let fd = descriptor
+        let result = try await shard.perform(.read, target: path) { ring, userData, _ in
+            cs_prep_read(ring, fd, buffer.baseAddress, UInt32(buffer.count), offset, userData)
+        }
+        return Int(result)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, durable: Bool = false)
+        async throws(IOError) -> Int
+    {
+        try checkOpen(.write)
+        try checkAlignment(.write, address: buffer.baseAddress, count: buffer.count, offset: offset)
+        let fd = descriptor
+        let flags = durable ? cs_rwf_dsync() : 0
+        let result = try await shard.perform(.write, target: path) { ring, userData, _ in
+            cs_prep_write(ring, fd, buffer.baseAddress, UInt32(buffer.count), offset, flags, userData)
+        }
+        return Int(result)
+    }
+
+    /// Reads into a pooled buffer with fixed-buffer I/O (no page pinning per request). `length` defaults to the
+    /// whole buffer.
+    public func read(into buffer: borrowing PooledBuffer, length: Int? = nil, at offset: UInt64)
+        async throws(IOError) -> Int
+    {
+        let count = length ?? buffer.count
+        guard count <= buffer.count else {
+            throw IOError(.read, .invalidArgument("length \(count) exceeds the buffer's \(buffer.count)"), target: path)
+        }
+        guard buffer.pool.registered else {
+            return try await read(into: UnsafeMutableRawBufferPointer(start: buffer.base, count: count), at: offset)
+        }
+        try checkOpen(.read)
+        try checkAlignment(.read, address: buffer.base, count: count, offset: offset)
+        let (fd, base, index) = (descriptor, buffer.base, Int32(buffer.index))
+        let result = try await shard.perform(.read, target: path) { ring, userData, _ in
+            cs_prep_read_fixed(ring, fd, base, UInt32(count), offset, index, userData)
+        }
+        return Int(result)
+    }
+
+    /// Writes the first `length` bytes of a pooled buffer with fixed-buffer I/O.
+    public func write(_ buffer: borrowing PooledBuffer, length: Int? = nil, at offset: UInt64, durable: Bool = false)
+        async throws(IOError) -> Int
+    {
+        let count = length ?? buffer.count
+        guard count <= buffer.count else {
+            throw IOError(.write, .invalidArgument("length \(count) exceeds the buffer's \(buffer.count)"), target: path)
+        }
+        guard buffer.pool.registered else {
+            return try await write(UnsafeRawBufferPointer(start: buffer.base, count: count), at: offset,
+                                   durable: durable)
+        }
+        try checkOpen(.write)
+        try checkAlignment(.write, address: buffer.base, count: count, offset: offset)
+        let (fd, base, index) = (descriptor, buffer.base, Int32(buffer.index))
+        let flags = durable ? cs_rwf_dsync() : 0
+        let result = try await shard.perform(.write, target: path) { ring, userData, _ in
+            cs_prep_write_fixed(ring, fd, base, UInt32(count), offset, index, flags, userData)
+        }
+        return Int(result)
+    }
+
+    public func sync() async throws(IOError) {
+        try checkOpen(.fdatasync)
+        let fd = descriptor
+        _ = try await shard.perform(.fdatasync, target: path) { ring, userData, _ in
+            cs_prep_fsync(ring, fd, true, userData)
+        }
+    }
+
+    /// fsync: data and metadata (use after creating or resizing a file whose size matters).
+    public func fullSync() async throws(IOError) {
+        try checkOpen(.fsync)
+        let fd = descriptor
+        _ = try await shard.perform(.fsync, target: path) { ring, userData, _ in
+            cs_prep_fsync(ring, fd, false, userData)
+        }
+    }
+
+    public func allocate(at offset: UInt64, length: UInt64) async throws(IOError) {
+        try checkOpen(.fallocate)
+        let fd = descriptor
+        _ = try await shard.perform(.fallocate, target: path) { ring, userData, _ in
+            cs_prep_fallocate(ring, fd, 0, offset, length, userData)
+        }
+    }
+
+    public func close() async throws(IOError) {
+        try checkOpen(.close)
+        closed = true
+        let fd = descriptor
+        _ = try await shard.perform(.close, target: path) { ring, userData, _ in cs_prep_close(ring, fd, userData) }
+    }
+}
+
+@available(*, unavailable)
+extension File: Sendable {}

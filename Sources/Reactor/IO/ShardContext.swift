@@ -1,0 +1,123 @@
+import CSupport
+import Platform
+
+/// The reactor as the code on one shard sees it: its clock, files, connections, buffers and index. It implements
+/// `ShardEnvironment`, the seam a simulator implements too. Not Sendable: use it on the shard that gave it.
+public struct ShardContext: ShardEnvironment {
+    public let shard: Shard
+
+    public init(shard: Shard) {
+        self.shard = shard
+    }
+
+    /// The context of the shard running the caller, or nil when the caller is not on a shard.
+    public static func current(in reactor: Reactor) -> ShardContext? {
+        guard let index = Reactor.currentShardIndex, reactor.shards.indices.contains(index) else { return nil }
+        return ShardContext(shard: reactor.shards[index])
+    }
+
+    public var shardIndex: Int { shard.index }
+
+    /// This shard's pool of aligned, ring-registered buffers.
+    public var buffers: BufferPool {
+        shard.preconditionOnShard()
+        return shard.bufferPool!
+    }
+
+    /// Which io_uring setup flags the kernel granted this shard's ring.
+    public var ringFlags: RingFlags { RingFlags(rawValue: shard.grantedRingFlags) }
+
+    // MARK: Clock
+
+    public var now: Instant { Instant(nanoseconds: cs_monotonic_ns()) }
+
+    public func sleep(for duration: Duration) async throws(IOError) {
+        let nanoseconds = Int64(clamping: duration.wholeNanoseconds)
+        let result = try await performTimeout(nanoseconds)
+        _ = result
+    }
+
+    public func sleep(until deadline: Instant) async throws(IOError) {
+        let now = cs_monotonic_ns()
+        if deadline.nanoseconds <= now { return }
+        try await sleep(for: .nanoseconds(Int64(deadline.nanoseconds - now)))
+    }
+
+    private func performTimeout(_ nanoseconds: Int64) async throws(IOError) -> Int32 {
+        do {
+            return try await shard.perform(.timeout, target: "\(nanoseconds)ns") { ring, userData, scratch in
+                cs_prep_timeout(ring, scratch, nanoseconds, userData)
+            }
+        } catch let error where error.errno == 62 {
+            return 0  // ETIME: the timeout expired, which is what a sleep wants.
+        }
+    }
+
+    /// Runs `body`; if it has not finished within `timeout`, cancels it and throws `.timedOut`.
+    public func withTimeout<T: Sendable>(
+        _ timeout: Duration, operation: IOOperation = .timeout,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let shard = self.shard
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask(executorPreference: shard) { try await body() }
+            group.addTask(executorPreference: shard) {
+                try await ShardContext(shard: shard).sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw IOError(operation, .timedOut, target: "\(timeout)")
+            }
+            return value
+        }
+    }
+
+    // MARK: Raw requests
+
+    /// Submits an io_uring NOP and suspends until it completes.
+    public func nop() async throws(IOError) {
+        _ = try await shard.perform(.nop, target: "") { ring, userData, _ in cs_prep_nop(ring, userData) }
+    }
+
+    /// Submits a NOP whose completion calls `callback` on this shard, without a task: the reactor's lowest layer.
+    public func nop(callback: @escaping (Int32) -> Void) throws(IOError) {
+        let userData = try shard.startRequest(.nop, target: "") { ring, userData, _ in cs_prep_nop(ring, userData) }
+        shard.completions.setWaiter(userData, .callback(callback))
+    }
+
+    // MARK: Files
+
+    public func open(_ path: String, options: FileOpenOptions) async throws(IOError) -> File {
+        try await File.open(path, options: options, on: shard)
+    }
+
+    // MARK: Network
+
+    public func listen(host: String, port: UInt16) throws(IOError) -> TCPListener {
+        try TCPListener(host: host, port: port, reusePort: true, on: shard)
+    }
+
+    public func connect(host: String, port: UInt16) async throws(IOError) -> TCPConnection {
+        try await TCPConnection.connect(host: host, port: port, on: shard)
+    }
+}
+
+@available(*, unavailable)
+extension ShardContext: Sendable {}
+
+/// The io_uring setup flags a shard's ring was granted.
+public struct RingFlags: OptionSet, Sendable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let singleIssuer = RingFlags(rawValue: UInt32(CS_RING_SINGLE_ISSUER))
+    public static let deferTaskrun = RingFlags(rawValue: UInt32(CS_RING_DEFER_TASKRUN))
+    public static let coopTaskrun = RingFlags(rawValue: UInt32(CS_RING_COOP_TASKRUN))
+    public var description: String {
+        var names: [String] = []
+        if contains(.singleIssuer) { names.append("SINGLE_ISSUER") }
+        if contains(.deferTaskrun) { names.append("DEFER_TASKRUN") }
+        if contains(.coopTaskrun) { names.append("COOP_TASKRUN") }
+        return names.isEmpty ? "none" : names.joined(separator: "|")
+    }
+}

@@ -1,0 +1,200 @@
+import CSupport
+import Platform
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A TCP connection on one shard; data moves through the shard's ring.
+public final class TCPConnection: ShardConnection {
+    public let descriptor: Int32
+    public let peer: String
+    let shard: Shard
+    private var closed = false
+
+    init(descriptor: Int32, peer: String, shard: Shard) {
+        self.descriptor = descriptor
+        self.peer = peer
+        self.shard = shard
+        _ = cs_tcp_nodelay(descriptor)
+    }
+
+    deinit {
+        if !closed { Glibc.close(descriptor) }
+    }
+
+    static func connect(host: String, port: UInt16, on shard: Shard) async throws(IOError) -> TCPConnection {
+        let peer = "\(host):\(port)"
+        let fd = try await shard.perform(.socket, target: peer) { ring, userData, _ in
+            cs_prep_socket(ring, AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, userData)
+        }
+        let connection = TCPConnection(descriptor: fd, peer: peer, shard: shard)
+        var bad = false
+        // The address lives in the request's scratch memory until the request completes.
+        _ = try await shard.perform(.connect, target: peer) { ring, userData, scratch in
+            let length = cs_sockaddr_ipv4(host, port, scratch)
+            if length < 0 {
+                bad = true
+                return length
+            }
+            return cs_prep_connect(ring, fd, scratch, UInt32(length), userData)
+        }
+        _ = bad
+        return connection
+    }
+
+    private func checkOpen(_ operation: IOOperation) throws(IOError) {
+        if closed { throw IOError(operation, .system(errno: EBADF), target: peer) }
+    }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int {
+        try checkOpen(.recv)
+        let fd = descriptor
+        let result = try await shard.perform(.recv, target: peer) { ring, userData, _ in
+            cs_prep_recv(ring, fd, buffer.baseAddress, UInt32(buffer.count), userData)
+        }
+        return Int(result)
+    }
+
+    public func send(_ buffer: UnsafeRawBufferPointer) async throws(IOError) {
+        try checkOpen(.send)
+        let fd = descriptor
+        var sent = 0
+        while sent < buffer.count {
+            let rest = UnsafeRawBufferPointer(rebasing: buffer[sent...])
+            let result = try await shard.perform(.send, target: peer) { ring, userData, _ in
+                cs_prep_send(ring, fd, rest.baseAddress, UInt32(rest.count), userData)
+            }
+            sent += Int(result)
+        }
+    }
+
+    public func close() async throws(IOError) {
+        try checkOpen(.close)
+        closed = true
+        let fd = descriptor
+        _ = try await shard.perform(.close, target: peer) { ring, userData, _ in cs_prep_close(ring, fd, userData) }
+    }
+}
+
+@available(*, unavailable)
+extension TCPConnection: Sendable {}
+
+/// A listening TCP socket on one shard, with SO_REUSEPORT so that every shard can listen on the same port and the
+/// kernel spreads connections among them. Accepts with one multishot request; accepted connections wait in a bounded
+/// backlog (`backlogLimit`), and past it new ones are closed at once rather than queued without bound.
+public final class TCPListener: ShardListener, MultishotHandler {
+    public let descriptor: Int32
+    public let port: UInt16
+    public let host: String
+    let shard: Shard
+    public let backlogLimit: Int
+    private var ready: [Int32] = []
+    private var waiter: UnsafeContinuation<Void, Never>?
+    private var acceptUserData: UInt64?
+    private var failure: IOError?
+    private var closed = false
+    /// Connections closed because the backlog was full.
+    public private(set) var refused = 0
+
+    init(host: String, port: UInt16, reusePort: Bool, backlogLimit: Int = 1024, on shard: Shard) throws(IOError) {
+        guard shard.isCurrent else {
+            throw IOError(.listen, .wrongShard(expected: shard.index, actual: Int(cs_current_shard())),
+                          target: "\(host):\(port)")
+        }
+        var bound: UInt16 = 0
+        let fd = cs_tcp_listen(host, port, reusePort, 1024, &bound)
+        if fd < 0 { throw IOError(.listen, .system(errno: -fd), target: "\(host):\(port)") }
+        self.descriptor = fd
+        self.port = bound
+        self.host = host
+        self.backlogLimit = backlogLimit
+        self.shard = shard
+        do {
+            try arm()
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    deinit {
+        for fd in ready { Glibc.close(fd) }
+        if !closed { Glibc.close(descriptor) }
+    }
+
+    private func arm() throws(IOError) {
+        let fd = descriptor
+        let userData = try shard.startRequest(.accept, target: "\(host):\(port)") { ring, userData, _ in
+            cs_prep_accept_multishot(ring, fd, userData)
+        }
+        shard.completions.setWaiter(userData, .multishot(self))
+        acceptUserData = userData
+    }
+
+    func complete(result: Int32, more: Bool) {
+        if result >= 0 {
+            if closed || ready.count >= backlogLimit {
+                Glibc.close(result)
+                refused += 1
+            } else {
+                ready.append(result)
+            }
+        } else if result != -ECANCELED {
+            failure = IOError(.accept, .system(errno: -result), target: "\(host):\(port)")
+        }
+        if !more {
+            acceptUserData = nil
+            // The kernel ends a multishot accept on some errors; re-arm unless closing.
+            if !closed && failure == nil {
+                do { try arm() } catch { failure = error }
+            }
+        }
+        wakeWaiter()
+    }
+
+    func wakeWaiter() {
+        shard.preconditionOnShard()
+        if let waiter {
+            self.waiter = nil
+            waiter.resume()
+        }
+    }
+
+    public func accept() async throws(IOError) -> TCPConnection {
+        while true {
+            if !ready.isEmpty {
+                return TCPConnection(descriptor: ready.removeFirst(), peer: "accepted on \(port)", shard: shard)
+            }
+            if let failure {
+                self.failure = nil
+                throw failure
+            }
+            if closed { throw IOError(.accept, .system(errno: EBADF), target: "\(host):\(port)") }
+            if Task.isCancelled { throw IOError(.accept, .cancelled, target: "\(host):\(port)") }
+            precondition(waiter == nil, "only one task may wait in accept() at a time")
+            await withTaskCancellationHandler {
+                await withUnsafeContinuation { waiter = $0 }
+            } onCancel: { [shard, listener = ShardBound(self)] in
+                // Wake the waiter on its shard; it sees the cancellation and throws.
+                shard.post { listener.value.wakeWaiter() }
+            }
+        }
+    }
+
+    public func close() async throws(IOError) {
+        guard !closed else { return }
+        closed = true
+        if let acceptUserData { shard.cancel(acceptUserData) }
+        for fd in ready { Glibc.close(fd) }
+        ready.removeAll()
+        let fd = descriptor
+        _ = try await shard.perform(.close, target: "\(host):\(port)") { ring, userData, _ in
+            cs_prep_close(ring, fd, userData)
+        }
+        wakeWaiter()
+    }
+}
+
+@available(*, unavailable)
+extension TCPListener: Sendable {}

@@ -1,0 +1,154 @@
+import CSupport
+import Logging
+import Platform
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The thread-per-core reactor: one shard per configured CPU, each a pinned thread with its own io_uring and run
+/// queue, sharing nothing, talking over single-producer single-consumer channels.
+///
+/// Start one with `Reactor(configuration:)`, put work on a shard with `run(on:_:)`, hop between shards with
+/// `submit(to:_:)`, and stop with `shutdown()`, which drains, joins every thread and closes every descriptor the
+/// reactor opened.
+public final class Reactor: Sendable {
+    public let shards: [Shard]
+    public let configuration: ReactorConfiguration
+    private let fabric: ShardFabric
+    private let threads: Mutex<[OSThread]>
+    private let stallDetector: StallDetector?
+    private let logger: Logger
+    private let stopped = Atomic<Bool>(false)
+
+    public var shardCount: Int { shards.count }
+
+    public init(configuration: ReactorConfiguration = ReactorConfiguration(),
+                logger: Logger = Logger(label: "elastic-stream.reactor")) throws(ReactorError)
+    {
+        try configuration.validate()
+        var allowed = [Int32](repeating: 0, count: 4096)
+        let allowedCount = Int(cs_allowed_cpus(&allowed, Int32(allowed.count)))
+        let allowedCPUs = Array(allowed.prefix(max(0, allowedCount))).map(Int.init)
+        let cpus = configuration.cpus ?? allowedCPUs
+        if configuration.pinThreads, let bad = cpus.first(where: { !allowedCPUs.contains($0) }) {
+            throw ReactorError.cpuNotAllowed(bad)
+        }
+        self.configuration = configuration
+        self.logger = logger
+        let fabric = ShardFabric(shardCount: cpus.count, channelCapacity: configuration.channelCapacity)
+        var shards: [Shard] = []
+        for (index, cpu) in cpus.enumerated() {
+            do {
+                shards.append(try Shard(index: index, cpu: cpu, configuration: configuration, fabric: fabric,
+                                        logger: logger))
+            } catch {
+                throw ReactorError.shardStartFailed(shard: index, error)
+            }
+        }
+        fabric.shards = shards
+        self.fabric = fabric
+        self.shards = shards
+
+        var threads: [OSThread] = []
+        var failure: ReactorError?
+        for shard in shards {
+            guard let thread = OSThread.start(name: "es-shard-\(shard.index)", { shard.run() }) else {
+                failure = .shardStartFailed(shard: shard.index, IOError(.ringSetup, .system(errno: 11)))
+                break
+            }
+            threads.append(thread)
+            // Wait for the shard to come up (its ring is made on its own thread) before starting the next.
+            while shard.lifecycle.load(ordering: .acquiring) == 0 { usleep(50) }
+            if shard.lifecycle.load(ordering: .acquiring) == 2 {
+                failure = .shardStartFailed(shard: shard.index, shard.startError ?? IOError(.ringSetup, .shutdown))
+                break
+            }
+        }
+        self.threads = Mutex(threads)
+        if let threshold = configuration.stallThreshold {
+            stallDetector = StallDetector(shards: shards, threshold: threshold, logger: logger)
+        } else {
+            stallDetector = nil
+        }
+        if let failure {
+            stopThreads()
+            throw failure
+        }
+        stallDetector?.start()
+        logger.info("reactor started", metadata: ["shards": "\(shards.count)", "cpus": "\(cpus)",
+                                                  "pinned": "\(configuration.pinThreads)"])
+    }
+
+    deinit {
+        shutdown()
+    }
+
+    /// Stops every shard: no new requests are taken, queued work and in-flight I/O drain (in-flight I/O still running
+    /// after `drainTimeout` is cancelled), every thread is joined and the reactor's own descriptors are closed.
+    /// Call it from outside the reactor; calling it twice is harmless.
+    public func shutdown() {
+        precondition(cs_current_shard() < 0, "shutdown() called from shard \(cs_current_shard()): it would deadlock")
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        stopThreads()
+        stallDetector?.shutdown()
+        let dropped = shards.reduce(0) { $0 + $1.droppedAfterStop.load(ordering: .relaxed) }
+        if dropped > 0 { logger.error("jobs arrived after shutdown and were not run", metadata: ["count": "\(dropped)"]) }
+        logger.info("reactor stopped")
+    }
+
+    private func stopThreads() {
+        for shard in shards {
+            shard.stopRequested.store(true, ordering: .sequentiallyConsistent)
+            shard.sleeping.store(true, ordering: .sequentiallyConsistent)
+            shard.wake()
+        }
+        let joined = threads.withLock { threads in
+            defer { threads.removeAll() }
+            return threads
+        }
+        for thread in joined { thread.join() }
+    }
+
+    /// Stalls the stall detector has reported since start.
+    public var stallsReported: Int { stallDetector?.stallsReported.load(ordering: .relaxed) ?? 0 }
+
+    /// The shard whose thread is calling, or nil on any other thread.
+    public static var currentShardIndex: Int? {
+        let index = Int(cs_current_shard())
+        return index >= 0 ? index : nil
+    }
+
+    /// Which shard owns a key: the home of a range is `shardIndex(for: XXH3(stream id, range index))`.
+    public func shardIndex(forHash hash: UInt64) -> Int { Int(hash % UInt64(shards.count)) }
+
+    /// Runs `body` as a task on shard `index` and returns its result. The task prefers the shard as its executor, so
+    /// everything it awaits (and every child task it starts without another preference) runs on that shard.
+    public func run<T: Sendable>(
+        on index: Int, _ body: @escaping @Sendable (ShardContext) async throws -> T
+    ) async throws -> T {
+        precondition(shards.indices.contains(index), "no shard \(index)")
+        let shard = shards[index]
+        return try await Task(executorPreference: shard) {
+            try await body(ShardContext(shard: shard))
+        }.value
+    }
+
+    /// Runs `body` on shard `target` and returns its result to the calling task (Seastar's `submit_to`). From a
+    /// shard, the request and its answer travel that pair's channels; if the channel is full, the caller waits
+    /// until it has room (back-pressure). `body` runs synchronously on the target: it must not block.
+    public func submit<T: Sendable>(to target: Int, _ body: @escaping @Sendable () -> T) async -> T {
+        precondition(shards.indices.contains(target), "no shard \(target)")
+        let destination = shards[target]
+        if let origin = Reactor.currentShardIndex {
+            if origin == target { return body() }
+            await shards[origin].waitForRoom(to: target)
+        }
+        return await withUnsafeContinuation { (continuation: UnsafeContinuation<T, Never>) in
+            // Resumed on the target: the runtime enqueues the waiting task back on its own shard, over the channel
+            // from the target to it.
+            destination.post { continuation.resume(returning: body()) }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+import CSupport
+import Foundation
+import Platform
+@testable import Reactor
+
+/// Runs `body` with a fresh reactor for tests (unpinned, short polling) and always shuts it down.
+func withReactor<T>(
+    _ configuration: ReactorConfiguration = .testing(), _ body: (Reactor) async throws -> T
+) async throws -> T {
+    let reactor = try Reactor(configuration: configuration)
+    defer { reactor.shutdown() }
+    return try await body(reactor)
+}
+
+/// A directory under the system's temporary directory, removed afterwards. O_DIRECT needs a real file system:
+/// /tmp here is ext4 on the VM's disk.
+func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("es-test-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
+}
+
+/// Threads of this process, from /proc/self/task.
+func threadCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+}
+
+/// A counter that only its shard touches; the box lets Sendable closures carry it there.
+final class ShardCounter: @unchecked Sendable {
+    var value = 0
+    var outOfOrder = 0
+    var wrongThread = 0
+}
+
+extension IOError.Kind {
+    var isCancelled: Bool { if case .cancelled = self { return true } else { return false } }
+    var isTimedOut: Bool { if case .timedOut = self { return true } else { return false } }
+}
