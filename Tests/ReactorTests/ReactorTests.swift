@@ -16,10 +16,8 @@ actor ShardLocalCounter {
     }
 }
 
-// The reactor's tests run one at a time: they count threads and descriptors of the whole process, and the machine
-// has two cores.
-@Suite(.serialized)
-struct ReactorTests {
+extension Serialized {
+@Suite struct ReactorTests {
     @Test func workRunsOnTheIntendedShard() async throws {
         try await withReactor(.testing(shards: 2)) { reactor in
             for index in 0..<reactor.shardCount {
@@ -287,4 +285,5 @@ struct ReactorTests {
         configuration.pinThreads = true
         #expect(throws: ReactorError.cpuNotAllowed(100_000)) { _ = try Reactor(configuration: configuration) }
     }
+}
 }

@@ -3,6 +3,12 @@ import Foundation
 import Platform
 @testable import Reactor
 
+import Testing
+
+/// Every suite of this target runs inside this one, one test at a time: tests count the threads and descriptors of
+/// the whole process, and the machine has two cores.
+@Suite(.serialized) enum Serialized {}
+
 /// Runs `body` with a fresh reactor for tests (unpinned, short polling) and always shuts it down.
 func withReactor<T>(
     _ configuration: ReactorConfiguration = .testing(), _ body: (Reactor) async throws -> T
