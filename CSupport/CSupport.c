@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -317,6 +318,14 @@ int cs_pin_current_thread(int cpu) {
     return sched_setaffinity(0, sizeof set, &set) < 0 ? -errno : 0;
 }
 
+int cs_set_current_thread_cpus(const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++)
+        if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE) CPU_SET(cpus[i], &set);
+    return sched_setaffinity(0, sizeof set, &set) < 0 ? -errno : 0;
+}
+
 int cs_allowed_cpus(int *out, int max) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -337,11 +346,23 @@ int cs_numa_node_of_cpu(int cpu) {
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
+static size_t free_huge_pages_of_size(long page_size) {
+    char path[128];
+    snprintf(path, sizeof path, "/sys/kernel/mm/hugepages/hugepages-%ldkB/free_hugepages", page_size / 1024);
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    unsigned long n = 0;
+    if (fscanf(f, "%lu", &n) != 1) n = 0;
+    fclose(f);
+    return n;
+}
+
 void *cs_alloc_aligned(size_t size, int node, bool try_huge, cs_memory_kind *kind, size_t *mapped_size) {
     const size_t huge = 2u << 20;
     if (try_huge) {
         long hp = gethugepagesize();
-        if (hp > 0) {
+        // Ask libhugetlbfs only when the pool has enough free pages: on failure it prints warnings to stderr.
+        if (hp > 0 && free_huge_pages_of_size(hp) * (size_t)hp >= round_up(size, (size_t)hp)) {
             size_t want = round_up(size, (size_t)hp);
             // GHP_DEFAULT fails cleanly when the hugepage pool is empty.
             void *p = get_huge_pages(want, GHP_DEFAULT);
@@ -379,9 +400,8 @@ uint64_t cs_monotonic_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static __thread int current_shard = -1;
-int cs_current_shard(void) { return current_shard; }
-void cs_set_current_shard(int shard) { current_shard = shard; }
+__thread int cs_current_shard_value __attribute__((tls_model("initial-exec"))) = -1;
+void cs_set_current_shard(int shard) { cs_current_shard_value = shard; }
 
 int cs_open_fd_count(void) {
     DIR *d = opendir("/proc/self/fd");
@@ -413,7 +433,7 @@ extern swift_enqueue_hook swift_task_enqueueGlobal_hook;
 static _Atomic uint64_t global_enqueues_from_shards;
 
 __attribute__((swiftcall)) static void watch_global_enqueue(void *job, swift_enqueue_original original) {
-    if (current_shard >= 0) atomic_fetch_add_explicit(&global_enqueues_from_shards, 1, memory_order_relaxed);
+    if (cs_current_shard_value >= 0) atomic_fetch_add_explicit(&global_enqueues_from_shards, 1, memory_order_relaxed);
     original(job);
 }
 

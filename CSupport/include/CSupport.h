@@ -114,6 +114,8 @@ int cs_tcp_nodelay(int fd);
 
 /// Pins the calling thread to `cpu`. Returns 0 or a negative errno.
 int cs_pin_current_thread(int cpu);
+/// Lets the calling thread run on any of `count` CPUs. Returns 0 or a negative errno.
+int cs_set_current_thread_cpus(const int *cpus, int count);
 /// Writes the CPUs this process may run on into `out` (at most `max`); returns how many.
 int cs_allowed_cpus(int *out, int max);
 /// The NUMA node of `cpu`, or 0 when the system has no NUMA information.
@@ -135,8 +137,10 @@ void cs_free_aligned(void *pointer, size_t mapped_size, cs_memory_kind kind);
 // MARK: - Time and threads
 
 uint64_t cs_monotonic_ns(void);
-/// Which shard this thread runs (set by the reactor), or -1.
-int cs_current_shard(void);
+/// Which shard this thread runs (set by the reactor), or -1. Inline, with the initial-exec TLS model, because the
+/// executor asks on every enqueue.
+extern __thread int cs_current_shard_value __attribute__((tls_model("initial-exec")));
+static inline int cs_current_shard(void) { return cs_current_shard_value; }
 void cs_set_current_shard(int shard);
 /// Number of open file descriptors of this process (entries in /proc/self/fd, minus the one used to count).
 int cs_open_fd_count(void);

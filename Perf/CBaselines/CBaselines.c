@@ -1,6 +1,9 @@
 #include "CBaselines.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <sched.h>
@@ -96,4 +99,52 @@ double cb_direct_call_ns(uint64_t count) {
     uint64_t start = now_ns();
     for (uint64_t i = 0; i < count; i++) opaque_empty(&sink);
     return (double)(now_ns() - start) / (double)count;
+}
+
+static int wait_one(struct io_uring *ring) {
+    struct io_uring_cqe *cqe;
+    int rc = io_uring_submit_and_wait(ring, 1);
+    if (rc < 0) return rc;
+    rc = io_uring_peek_cqe(ring, &cqe);
+    if (rc < 0) return rc;
+    int res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    return res;
+}
+
+int cb_write_fdatasync(const char *path, unsigned block, unsigned count, uint64_t *out) {
+    int fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    void *buf = NULL;
+    if (posix_memalign(&buf, 4096, block) != 0) {
+        close(fd);
+        return -ENOMEM;
+    }
+    memset(buf, 0x3c, block);
+    struct io_uring ring;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    int rc = io_uring_queue_init_params(8, &ring, &p);
+    if (rc < 0) {
+        memset(&p, 0, sizeof p);
+        rc = io_uring_queue_init_params(8, &ring, &p);
+    }
+    if (rc < 0) goto done;
+    for (unsigned i = 0; i < count && rc >= 0; i++) {
+        uint64_t start = now_ns();
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+        io_uring_prep_write(sqe, fd, buf, block, (uint64_t)i * block);
+        rc = wait_one(&ring);
+        if (rc < 0) break;
+        sqe = io_uring_get_sqe(&ring);
+        io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+        rc = wait_one(&ring);
+        out[i] = now_ns() - start;
+    }
+    io_uring_queue_exit(&ring);
+done:
+    free(buf);
+    close(fd);
+    return rc < 0 ? rc : 0;
 }

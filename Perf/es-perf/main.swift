@@ -1,1 +1,46 @@
-print("es-perf")
+// es-perf: Elastic Stream's benchmarks. Every figure is printed as one JSON line beside a baseline measured in the
+// same run, so that a noisy shared machine still gives a true ratio.
+//
+//   es-perf reactor [--dir PATH] [--quick] [--no-pin] [--only nop|hop|cross|write]
+import Foundation
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+let usage = """
+    usage: es-perf <suite> [options]
+    suites:
+      reactor    io_uring NOPs, job hops, cross-shard round trips, 4 KiB O_DIRECT write+fdatasync (needs fio)
+    options:
+      --dir PATH   where the write benchmark puts its 256 MiB file (default: $TMPDIR or /var/tmp); ext4 or xfs
+      --quick      fewer iterations (a smoke run; figures are noisier)
+      --no-pin     do not pin shard threads to CPUs
+      --only NAME  one group of figures: nop, hop, cross or write
+    """
+
+guard let suite = arguments.first, !suite.hasPrefix("-") else {
+    FileHandle.standardError.write(Data((usage + "\n").utf8))
+    exit(2)
+}
+
+func option(_ name: String) -> String? {
+    guard let i = arguments.firstIndex(of: name), i + 1 < arguments.count else { return nil }
+    return arguments[i + 1]
+}
+
+let options = PerfOptions(
+    directory: option("--dir") ?? ProcessInfo.processInfo.environment["TMPDIR"] ?? "/var/tmp",
+    quick: arguments.contains("--quick"),
+    pin: !arguments.contains("--no-pin"),
+    only: option("--only"))
+
+switch suite {
+case "reactor":
+    do {
+        try await ReactorSuite(options: options).run()
+    } catch {
+        FileHandle.standardError.write(Data("es-perf reactor: \(error)\n".utf8))
+        exit(1)
+    }
+default:
+    FileHandle.standardError.write(Data("unknown suite '\(suite)'\n\(usage)\n".utf8))
+    exit(2)
+}

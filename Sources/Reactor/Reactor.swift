@@ -93,6 +93,7 @@ public final class Reactor: Sendable {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         stopThreads()
         stallDetector?.shutdown()
+        fabric.shards = []  // breaks the reference cycle shard → fabric → shard
         let dropped = shards.reduce(0) { $0 + $1.droppedAfterStop.load(ordering: .relaxed) }
         if dropped > 0 { logger.error("jobs arrived after shutdown and were not run", metadata: ["count": "\(dropped)"]) }
         logger.info("reactor stopped")

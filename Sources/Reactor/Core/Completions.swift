@@ -16,7 +16,8 @@ enum CompletionWaiter {
 
 /// The table of a shard's in-flight requests. A request's io_uring user data is `generation << 32 | slot`, so a
 /// late or duplicate completion (or cancellation) for a slot that has since been reused is recognised and ignored.
-/// Bounded: `capacity` is the shard's in-flight limit. Owned by the shard's thread.
+/// Bounded: `capacity` is the shard's in-flight limit. Owned by the shard's thread; its storage is allocated once, so
+/// starting and completing a request allocates nothing.
 final class CompletionTable {
     /// User data reserved for the shard's own wake-up read on its eventfd.
     static let wakeUserData: UInt64 = .max
@@ -25,31 +26,56 @@ final class CompletionTable {
     /// Bytes of stable scratch memory per slot, for what the kernel reads until completion (timespec, sockaddr).
     static let scratchBytes = 32
 
+    private struct Slot {
+        var generation: UInt32 = 1
+        var live = false
+        /// See `offloadedInFlight`.
+        var offloaded = false
+        var waiter: CompletionWaiter = .none
+    }
+
     let capacity: Int
-    private var waiters: [CompletionWaiter]
-    private var generations: [UInt32]
-    private var free: [Int32]
+    private let slots: UnsafeMutablePointer<Slot>
+    /// A stack of free slot numbers; `freeCount` of them are valid.
+    private let freeSlots: UnsafeMutablePointer<Int32>
+    private var freeCount: Int
     let scratch: UnsafeMutableRawPointer
     private(set) var inFlight = 0
+    /// Requests in flight that the kernel hands to its io-wq worker threads (fsync, fallocate, open, close,
+    /// O_DSYNC writes). The worker shares the shard's CPU, so a shard waiting only for these must sleep, not spin.
+    private(set) var offloadedInFlight = 0
 
     init(capacity: Int) {
         precondition(capacity > 0 && capacity < Int(Int32.max))
         self.capacity = capacity
-        waiters = Array(repeating: .none, count: capacity)
-        generations = Array(repeating: 1, count: capacity)
-        free = (0..<Int32(capacity)).reversed().map { $0 }
+        slots = .allocate(capacity: capacity)
+        slots.initialize(repeating: Slot(), count: capacity)
+        freeSlots = .allocate(capacity: capacity)
+        for i in 0..<capacity { freeSlots[i] = Int32(capacity - 1 - i) }
+        freeCount = capacity
         scratch = .allocate(byteCount: capacity * Self.scratchBytes, alignment: 16)
         scratch.initializeMemory(as: UInt8.self, repeating: 0, count: capacity * Self.scratchBytes)
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        slots.deinitialize(count: capacity)
+        slots.deallocate()
+        freeSlots.deallocate()
+        scratch.deallocate()
+    }
 
     /// A free slot's user data, or nil when `capacity` requests are already in flight.
     @inline(__always)
-    func acquire() -> UInt64? {
-        guard let slot = free.popLast() else { return nil }
+    func acquire(offloaded: Bool = false) -> UInt64? {
+        guard freeCount > 0 else { return nil }
+        freeCount -= 1
+        let slot = Int(freeSlots[freeCount])
+        assert(!slots[slot].live)
+        slots[slot].live = true
+        slots[slot].offloaded = offloaded
         inFlight += 1
-        return UInt64(generations[Int(slot)]) << 32 | UInt64(UInt32(slot))
+        if offloaded { offloadedInFlight += 1 }
+        return UInt64(slots[slot].generation) << 32 | UInt64(UInt32(slot))
     }
 
     @inline(__always)
@@ -59,34 +85,38 @@ final class CompletionTable {
 
     @inline(__always)
     func setWaiter(_ userData: UInt64, _ waiter: CompletionWaiter) {
-        let slot = Int(UInt32(truncatingIfNeeded: userData))
-        assert(generations[slot] == UInt32(userData >> 32), "waiter set on a stale slot")
-        waiters[slot] = waiter
+        assert(isLive(userData), "waiter set on a stale slot")
+        slots[Int(UInt32(truncatingIfNeeded: userData))].waiter = waiter
     }
 
     /// Whether `userData` names a request still in flight.
+    @inline(__always)
     func isLive(_ userData: UInt64) -> Bool {
         let slot = Int(UInt32(truncatingIfNeeded: userData))
-        return slot < capacity && generations[slot] == UInt32(userData >> 32)
+        return slot < capacity && slots[slot].live && slots[slot].generation == UInt32(truncatingIfNeeded: userData >> 32)
     }
 
-    /// Gives a slot back without a completion (its request could not be prepared).
+    /// Gives a slot back; its waiter is dropped.
+    @inline(__always)
     func release(_ userData: UInt64) {
-        let slot = Int(UInt32(truncatingIfNeeded: userData))
         precondition(isLive(userData), "release of a slot not in flight")
-        waiters[slot] = .none
-        generations[slot] &+= 1
-        if generations[slot] == 0 { generations[slot] = 1 }
-        free.append(Int32(slot))
+        let slot = Int(UInt32(truncatingIfNeeded: userData))
+        slots[slot].waiter = .none
+        slots[slot].live = false
+        if slots[slot].offloaded { offloadedInFlight -= 1 }
+        slots[slot].generation &+= 1
+        if slots[slot].generation == 0 { slots[slot].generation = 1 }
+        freeSlots[freeCount] = Int32(slot)
+        freeCount += 1
         inFlight -= 1
     }
 
     /// Delivers one completion to its waiter. Returns false for a stale or unknown user data.
     @inline(__always)
     func complete(userData: UInt64, result: Int32, flags: UInt32) -> Bool {
+        guard isLive(userData) else { return false }
         let slot = Int(UInt32(truncatingIfNeeded: userData))
-        guard slot < capacity, generations[slot] == UInt32(userData >> 32) else { return false }
-        switch waiters[slot] {
+        switch slots[slot].waiter {
         case .continuation(let continuation):
             release(userData)
             continuation.resume(returning: result)
@@ -105,11 +135,6 @@ final class CompletionTable {
 
     /// User data of every request in flight (for cancelling them all at shutdown).
     func liveUserData() -> [UInt64] {
-        var live: [UInt64] = []
-        let freeSet = Set(free)
-        for slot in 0..<capacity where !freeSet.contains(Int32(slot)) {
-            live.append(UInt64(generations[slot]) << 32 | UInt64(slot))
-        }
-        return live
+        (0..<capacity).filter { slots[$0].live }.map { UInt64(slots[$0].generation) << 32 | UInt64($0) }
     }
 }

@@ -28,7 +28,9 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     let configuration: ReactorConfiguration
     let logger: Logger
-    unowned(unsafe) let fabric: ShardFabric
+    /// Strong, and a `let`, so that reaching it costs no reference counting on the hot path; the reactor breaks the
+    /// cycle (fabric → shards → fabric) when it shuts down.
+    let fabric: ShardFabric
 
     // MARK: Cross-thread state
     let sleeping = Atomic<Bool>(false)
@@ -51,6 +53,8 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private var localCalls: [@Sendable () -> Void] = []
     private var overflow: [[ShardMessage]]
     private var overflowCount = 0
+    private var wakePending: [Bool]
+    private var wakePendingCount = 0
     private var channelWaiters: [[UnsafeContinuation<Void, Never>]]
     var completions: CompletionTable
     private var cqes: UnsafeMutablePointer<cs_cqe>
@@ -77,6 +81,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         if fd < 0 { throw IOError(.eventfd, .system(errno: -fd), target: "shard \(index)") }
         wakeFD = fd
         overflow = Array(repeating: [], count: fabric.shardCount)
+        wakePending = Array(repeating: false, count: fabric.shardCount)
         channelWaiters = Array(repeating: [], count: fabric.shardCount)
         completions = CompletionTable(capacity: configuration.maxInFlightPerShard)
         cqes = .allocate(capacity: cqeBatch)
@@ -141,7 +146,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     private func deliver(_ message: ShardMessage, from: Int) {
         if from >= 0 && from < fabric.shardCount {
-            fabric.shards[from].send(message, to: index)
+            fabric.withShard(from) { $0.send(message, to: index) }
         } else {
             guard lifecycle.load(ordering: .acquiring) < 3 else {
                 droppedAfterStop.add(1, ordering: .relaxed)
@@ -158,8 +163,8 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     @inline(__always)
     func send(_ message: ShardMessage, to target: Int) {
         assert(isCurrent)
-        if overflow[target].isEmpty && fabric.channel(from: index, to: target).push(message) {
-            fabric.shards[target].wakeIfSleeping()
+        if overflow[target].isEmpty && fabric.withChannel(from: index, to: target, { $0.push(message) }) {
+            markForWake(target)
         } else {
             overflow[target].append(message)
             overflowCount += 1
@@ -168,7 +173,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     /// Whether the channel from this shard (the caller's) to `target` has room now.
     func channelHasRoom(to target: Int) -> Bool {
-        overflow[target].isEmpty && !fabric.channel(from: index, to: target).isFull()
+        overflow[target].isEmpty && !fabric.withChannel(from: index, to: target) { $0.isFull() }
     }
 
     /// Suspends the calling task (on this shard) until the channel to `target` has room: the back-pressure of
@@ -179,11 +184,26 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         }
     }
 
+    /// Remembers that `target` was sent something this loop turn; `wakeMarked()` checks once per turn whether it
+    /// sleeps, so a burst of messages costs one fence, not one each (Seastar flushes its queues the same way).
     @inline(__always)
-    func wakeIfSleeping() {
-        // Pairs with the fence in `sleep()`: either the sleeper sees our message, or we see it sleeping.
+    private func markForWake(_ target: Int) {
+        if !wakePending[target] {
+            wakePending[target] = true
+            wakePendingCount += 1
+        }
+    }
+
+    private func wakeMarked() {
+        // Pairs with the store-then-check in `sleep()`: either the sleeper sees our message, or we see it sleeping.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        if sleeping.load(ordering: .relaxed) { wake() }
+        for target in 0..<wakePending.count where wakePending[target] {
+            wakePending[target] = false
+            fabric.withShard(target) { shard in
+                if shard.sleeping.load(ordering: .relaxed) { shard.wake() }
+            }
+        }
+        wakePendingCount = 0
     }
 
     func wake() {
@@ -240,6 +260,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private func loop() {
         let pollNanoseconds = configuration.pollDuration.wholeNanoseconds
         var idleSince: UInt64 = 0
+        var idleSpins = 0
         var drainDeadline: UInt64 = 0
         var cancelledAll = false
         while true {
@@ -252,8 +273,10 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
             if completions.inFlight > 0 || cs_ring_sq_ready(ring) > 0 {
                 if pollRing() > 0 { worked = true }
             }
+            if wakePendingCount > 0 { wakeMarked() }
             if worked {
                 idleSince = 0
+                idleSpins = 0
                 continue
             }
             if stopRequested.load(ordering: .relaxed) {
@@ -275,16 +298,27 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
                 sleep(timeoutNanoseconds: 1_000_000)
                 continue
             }
-            let now = cs_monotonic_ns()
-            if idleSince == 0 { idleSince = now }
-            if now &- idleSince < pollNanoseconds {
-                cs_cpu_relax()
-                continue
+            // Spinning would keep the kernel's io-wq worker, which shares this CPU, from finishing an offloaded
+            // request (an fdatasync): then sleep in the ring at once. Otherwise poll, reading the clock only every
+            // 64 idle turns.
+            if completions.offloadedInFlight == 0 {
+                idleSpins &+= 1
+                if idleSpins & 63 != 0 {
+                    cs_cpu_relax()
+                    continue
+                }
+                let now = cs_monotonic_ns()
+                if idleSince == 0 { idleSince = now }
+                if now &- idleSince < pollNanoseconds {
+                    cs_cpu_relax()
+                    continue
+                }
             }
             // With messages still waiting for room in a peer's channel, sleep only briefly: the peer drains without
             // waking us.
             sleep(timeoutNanoseconds: overflowCount > 0 ? 100_000 : -1)
             idleSince = 0
+            idleSpins = 0
         }
     }
 
@@ -326,7 +360,8 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         var any = false
         let batch = configuration.channelDrainBatch
         for source in 0..<fabric.shardCount where source != index {
-            if fabric.channel(from: source, to: index).drain(limit: batch, { handle($0) }) > 0 { any = true }
+            let drained = fabric.withChannel(from: source, to: index) { $0.drain(limit: batch) { handle($0) } }
+            if drained > 0 { any = true }
         }
         if foreignPending.load(ordering: .relaxed) {
             foreignPending.store(false, ordering: .sequentiallyConsistent)
@@ -344,17 +379,18 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private func flushOverflow() -> Int {
         var moved = 0
         for target in 0..<overflow.count where !overflow[target].isEmpty {
-            let channel = fabric.channel(from: index, to: target)
             var sent = 0
-            for message in overflow[target] {
-                if !channel.push(message) { break }
-                sent += 1
+            fabric.withChannel(from: index, to: target) { channel in
+                for message in overflow[target] {
+                    if !channel.push(message) { break }
+                    sent += 1
+                }
             }
             if sent > 0 {
                 moved += sent
                 overflow[target].removeFirst(sent)
                 overflowCount -= sent
-                fabric.shards[target].wakeIfSleeping()
+                markForWake(target)
             }
             if overflow[target].isEmpty && !channelWaiters[target].isEmpty {
                 let waiters = channelWaiters[target]
@@ -415,7 +451,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private func hasPendingInbound() -> Bool {
         if foreignPending.load(ordering: .sequentiallyConsistent) { return true }
         for source in 0..<fabric.shardCount where source != index {
-            if fabric.channel(from: source, to: index).hasPending() { return true }
+            if fabric.withChannel(from: source, to: index, { $0.hasPending() }) { return true }
         }
         return false
     }
@@ -432,12 +468,14 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// Prepares one request on this shard's ring and suspends until it completes. `prepare` receives the ring, the
     /// request's user data and its scratch memory, and returns 0 or a negative errno. With `submitNow`, the request
     /// is submitted before `prepare`'s pointers go out of scope (open, whose path the kernel reads at submission).
+    /// `offloaded` marks requests the kernel runs on its io-wq threads (see `CompletionTable.offloadedInFlight`).
     /// A negative result becomes an `IOError` naming `operation` and `target`.
     func perform(
         _ operation: IOOperation, target: @autoclosure () -> String, submitNow: Bool = false,
-        _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
+        offloaded: Bool = false, _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
     ) async throws(IOError) -> Int32 {
-        let userData = try startRequest(operation, target: target(), submitNow: submitNow, prepare)
+        let userData = try startRequest(operation, target: target(), submitNow: submitNow, offloaded: offloaded,
+                                        prepare)
         let result = await withTaskCancellationHandler {
             await withUnsafeContinuation { continuation in
                 completions.setWaiter(userData, .continuation(continuation))
@@ -455,14 +493,14 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// Prepares a request and returns its user data; the caller sets its waiter before anything can complete it.
     func startRequest(
         _ operation: IOOperation, target: @autoclosure () -> String, submitNow: Bool = false,
-        _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
+        offloaded: Bool = false, _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
     ) throws(IOError) -> UInt64 {
         guard isCurrent else {
             throw IOError(operation, .wrongShard(expected: index, actual: Int(cs_current_shard())), target: target())
         }
         guard acceptingWork, let ring else { throw IOError(operation, .shutdown, target: target()) }
         if Task.isCancelled { throw IOError(operation, .cancelled, target: target()) }
-        guard let userData = completions.acquire() else {
+        guard let userData = completions.acquire(offloaded: offloaded) else {
             throw IOError(operation, .tooManyInFlight(limit: completions.capacity), target: target())
         }
         let scratch = completions.scratch(for: userData)
@@ -499,17 +537,30 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 final class ShardFabric: @unchecked Sendable {
     let shardCount: Int
     private let channels: [SPSCChannel<ShardMessage>]
+    // Unretained views of the channels and shards (kept alive by the arrays beside them). The hot paths reach them
+    // through these, because retaining an object that two cores share makes its reference count bounce between
+    // their caches on every message.
+    private let channelRefs: [Unmanaged<SPSCChannel<ShardMessage>>]
+    private var shardRefs: [Unmanaged<Shard>] = []
     /// Filled once, before any shard thread starts; read-only afterwards.
-    var shards: [Shard] = []
+    var shards: [Shard] = [] {
+        didSet { shardRefs = shards.map { Unmanaged.passUnretained($0) } }
+    }
 
     init(shardCount: Int, channelCapacity: Int) {
         self.shardCount = shardCount
         channels = (0..<(shardCount * shardCount)).map { _ in SPSCChannel(capacity: channelCapacity) }
+        channelRefs = channels.map { Unmanaged.passUnretained($0) }
     }
 
     @inline(__always)
-    func channel(from source: Int, to target: Int) -> SPSCChannel<ShardMessage> {
-        channels[source &* shardCount &+ target]
+    func withChannel<R>(from source: Int, to target: Int, _ body: (SPSCChannel<ShardMessage>) -> R) -> R {
+        channelRefs[source &* shardCount &+ target]._withUnsafeGuaranteedRef(body)
+    }
+
+    @inline(__always)
+    func withShard<R>(_ index: Int, _ body: (Shard) -> R) -> R {
+        shardRefs[index]._withUnsafeGuaranteedRef(body)
     }
 }
 

@@ -36,7 +36,7 @@ public final class File: ShardFile {
         // The kernel copies the path when the request is submitted, which `submitNow` does before returning.
         guard let cPath = strdup(path) else { throw IOError(.open, .system(errno: ENOMEM), target: path) }
         defer { free(cPath) }
-        let fd = try await shard.perform(.open, target: path, submitNow: true) { ring, userData, _ in
+        let fd = try await shard.perform(.open, target: path, submitNow: true, offloaded: true) { ring, userData, _ in
             cs_prep_openat(ring, AT_FDCWD, cPath, Int32(flags), mode, userData)
         }
         return File(path: path, descriptor: fd, isDirect: options.direct, shard: shard)
@@ -81,7 +81,7 @@ public final class File: ShardFile {
         try checkAlignment(.write, address: buffer.baseAddress, count: buffer.count, offset: offset)
         let fd = descriptor
         let flags = durable ? cs_rwf_dsync() : 0
-        let result = try await shard.perform(.write, target: path) { ring, userData, _ in
+        let result = try await shard.perform(.write, target: path, offloaded: durable) { ring, userData, _ in
             cs_prep_write(ring, fd, buffer.baseAddress, UInt32(buffer.count), offset, flags, userData)
         }
         return Int(result)
@@ -124,7 +124,7 @@ public final class File: ShardFile {
         try checkAlignment(.write, address: buffer.base, count: count, offset: offset)
         let (fd, base, index) = (descriptor, buffer.base, Int32(buffer.index))
         let flags = durable ? cs_rwf_dsync() : 0
-        let result = try await shard.perform(.write, target: path) { ring, userData, _ in
+        let result = try await shard.perform(.write, target: path, offloaded: durable) { ring, userData, _ in
             cs_prep_write_fixed(ring, fd, base, UInt32(count), offset, index, flags, userData)
         }
         return Int(result)
@@ -133,7 +133,7 @@ public final class File: ShardFile {
     public func sync() async throws(IOError) {
         try checkOpen(.fdatasync)
         let fd = descriptor
-        _ = try await shard.perform(.fdatasync, target: path) { ring, userData, _ in
+        _ = try await shard.perform(.fdatasync, target: path, offloaded: true) { ring, userData, _ in
             cs_prep_fsync(ring, fd, true, userData)
         }
     }
@@ -142,7 +142,7 @@ public final class File: ShardFile {
     public func fullSync() async throws(IOError) {
         try checkOpen(.fsync)
         let fd = descriptor
-        _ = try await shard.perform(.fsync, target: path) { ring, userData, _ in
+        _ = try await shard.perform(.fsync, target: path, offloaded: true) { ring, userData, _ in
             cs_prep_fsync(ring, fd, false, userData)
         }
     }
@@ -150,7 +150,7 @@ public final class File: ShardFile {
     public func allocate(at offset: UInt64, length: UInt64) async throws(IOError) {
         try checkOpen(.fallocate)
         let fd = descriptor
-        _ = try await shard.perform(.fallocate, target: path) { ring, userData, _ in
+        _ = try await shard.perform(.fallocate, target: path, offloaded: true) { ring, userData, _ in
             cs_prep_fallocate(ring, fd, 0, offset, length, userData)
         }
     }
@@ -159,7 +159,7 @@ public final class File: ShardFile {
         try checkOpen(.close)
         closed = true
         let fd = descriptor
-        _ = try await shard.perform(.close, target: path) { ring, userData, _ in cs_prep_close(ring, fd, userData) }
+        _ = try await shard.perform(.close, target: path, offloaded: true) { ring, userData, _ in cs_prep_close(ring, fd, userData) }
     }
 }
 
