@@ -9,14 +9,22 @@ struct ReactorSuite {
     let options: PerfOptions
 
     func run() async throws {
-        let cpus = allowedCPUs()
+        var cpus = allowedCPUs()
         guard cpus.count >= 2 else { throw PerfError("needs two CPUs; this process may use \(cpus)") }
-        let configuration = ReactorConfiguration(
+        var configuration = ReactorConfiguration(
             cpus: Array(cpus.prefix(2)), pinThreads: options.pin,
             // Virtualized: poll longer before sleeping (Seastar polls 2 ms on VMs).
             pollDuration: .milliseconds(2), stallThreshold: nil, bufferCount: 8, useHugePages: true)
+        if let file = options.configFile {
+            let text = try String(contentsOfFile: file, encoding: .utf8)
+            configuration = try ReactorConfiguration(configurationText: text, file: file)
+            if (configuration.cpus ?? cpus).count < 2 { throw PerfError("\(file): the suite needs two shards") }
+        }
+        note("reactor: cpus \(configuration.cpus ?? cpus), pinned \(configuration.pinThreads), "
+             + "poll \(configuration.pollDuration)")
         let reactor = try Reactor(configuration: configuration)
         defer { reactor.shutdown() }
+        cpus = reactor.shards.map(\.cpu)
         let scale = options.quick ? 10 : 1
 
         let only = options.only

@@ -4,6 +4,8 @@ struct PerfOptions: Sendable {
     var directory: String
     var quick: Bool
     var pin: Bool
+    /// A configuration file whose [reactor] table replaces the suite's own settings.
+    var configFile: String?
     /// Run one group of figures only: nop, hop, cross, write.
     var only: String?
 }

@@ -1,7 +1,7 @@
 // es-perf: Elastic Stream's benchmarks. Every figure is printed as one JSON line beside a baseline measured in the
 // same run, so that a noisy shared machine still gives a true ratio.
 //
-//   es-perf reactor [--dir PATH] [--quick] [--no-pin] [--only nop|hop|cross|write]
+//   es-perf reactor [--dir PATH] [--quick] [--no-pin] [--only nop|hop|cross|write] [--config FILE]
 import Foundation
 
 let arguments = Array(CommandLine.arguments.dropFirst())
@@ -14,6 +14,7 @@ let usage = """
       --quick      fewer iterations (a smoke run; figures are noisier)
       --no-pin     do not pin shard threads to CPUs
       --only NAME  one group of figures: nop, hop, cross or write
+      --config F   take the reactor's settings from the [reactor] table of F (needs at least two shards)
     """
 
 guard let suite = arguments.first, !suite.hasPrefix("-") else {
@@ -30,6 +31,7 @@ let options = PerfOptions(
     directory: option("--dir") ?? ProcessInfo.processInfo.environment["TMPDIR"] ?? "/var/tmp",
     quick: arguments.contains("--quick"),
     pin: !arguments.contains("--no-pin"),
+    configFile: option("--config"),
     only: option("--only"))
 
 switch suite {

@@ -18,10 +18,11 @@ func withReactor<T>(
     return try await body(reactor)
 }
 
-/// A directory under the system's temporary directory, removed afterwards. O_DIRECT needs a real file system:
-/// /tmp here is ext4 on the VM's disk.
+/// A fresh directory, removed afterwards. O_DIRECT needs a disk-backed file system (tmpfs refuses it), so it goes
+/// under `ES_TEST_DIR` if set, else /var/tmp, which is on disk where /tmp may be tmpfs.
 func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("es-test-\(UUID().uuidString)").path
+    let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
+    let path = "\(parent)/es-test-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: path) }
     return try await body(path)
