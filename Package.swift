@@ -16,6 +16,7 @@ let package = Package(
     products: [
         .library(name: "Reactor", targets: ["Reactor"]),
         .library(name: "Platform", targets: ["Platform"]),
+        .library(name: "Records", targets: ["Records"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
     ],
     dependencies: [
@@ -49,6 +50,8 @@ let package = Package(
             // dynamic exclusivity checks on every access to it buy nothing on the hot path.
             swiftSettings: swiftSettings + [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
         ),
+        // The record batch format: builders into a caller's buffer, zero-copy validated views.
+        .target(name: "Records", dependencies: ["CSupport"], swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
@@ -63,5 +66,6 @@ let package = Package(
             dependencies: ["Reactor", "Platform", "CSupport"],
             swiftSettings: swiftSettings
         ),
+        .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport"], swiftSettings: swiftSettings),
     ]
 )
