@@ -17,10 +17,13 @@ let package = Package(
         .library(name: "Reactor", targets: ["Reactor"]),
         .library(name: "Platform", targets: ["Platform"]),
         .library(name: "Records", targets: ["Records"]),
+        .library(name: "Wire", targets: ["Wire"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        // Exact: the generated code in Sources/Wire/Generated comes from this version's protoc-gen-swift.
+        .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
     ],
     targets: [
         // The thin C shim over liburing, libnuma, libhugetlbfs and libxxhash. liburing.h is included only from the
@@ -52,6 +55,13 @@ let package = Package(
         ),
         // The record batch format: builders into a caller's buffer, zero-copy validated views.
         .target(name: "Records", dependencies: ["CSupport"], swiftSettings: swiftSettings),
+        // Frames, operation codes, error codes and the protobuf headers of every message.
+        .target(
+            name: "Wire",
+            dependencies: ["CSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["Proto"],
+            swiftSettings: swiftSettings
+        ),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
@@ -67,5 +77,6 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "Records"], swiftSettings: swiftSettings),
     ]
 )
