@@ -238,6 +238,13 @@ int cs_prep_cancel(cs_ring *ring, uint64_t target_user_data, uint64_t user_data)
     return 0;
 }
 
+int cs_prep_cancel_fd(cs_ring *ring, int fd, uint64_t user_data) {
+    GET_SQE(ring, sqe);
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int cs_prep_msg_ring(cs_ring *ring, int target_ring_fd, int32_t res, uint64_t target_user_data,
                      uint64_t user_data) {
     GET_SQE(ring, sqe);
@@ -401,7 +408,11 @@ uint64_t cs_monotonic_ns(void) {
 }
 
 __thread int cs_current_shard_value __attribute__((tls_model("initial-exec"))) = -1;
-void cs_set_current_shard(int shard) { cs_current_shard_value = shard; }
+__thread void *cs_current_shard_object_value __attribute__((tls_model("initial-exec"))) = NULL;
+void cs_set_current_shard(int shard, void *object) {
+    cs_current_shard_value = shard;
+    cs_current_shard_object_value = object;
+}
 
 int cs_open_fd_count(void) {
     DIR *d = opendir("/proc/self/fd");

@@ -86,6 +86,8 @@ int cs_prep_send(cs_ring *ring, int fd, const void *buf, unsigned len, uint64_t 
 int cs_prep_timeout(cs_ring *ring, void *ts_storage, int64_t nanoseconds, uint64_t user_data);
 /// Cancels the request tagged `target_user_data`.
 int cs_prep_cancel(cs_ring *ring, uint64_t target_user_data, uint64_t user_data);
+/// Cancels every request on descriptor `fd` (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL).
+int cs_prep_cancel_fd(cs_ring *ring, int fd, uint64_t user_data);
 /// Posts a completion with `res` and `target_user_data` to another ring (IORING_OP_MSG_RING): a cross-ring wake-up.
 int cs_prep_msg_ring(cs_ring *ring, int target_ring_fd, int32_t res, uint64_t target_user_data,
                      uint64_t user_data);
@@ -141,7 +143,11 @@ uint64_t cs_monotonic_ns(void);
 /// executor asks on every enqueue.
 extern __thread int cs_current_shard_value __attribute__((tls_model("initial-exec")));
 static inline int cs_current_shard(void) { return cs_current_shard_value; }
-void cs_set_current_shard(int shard);
+/// The shard object running this thread (an unretained pointer the reactor set), or NULL. Index alone is not an
+/// identity: two reactors in one process both have a shard 0.
+extern __thread void *cs_current_shard_object_value __attribute__((tls_model("initial-exec")));
+static inline void *cs_current_shard_object(void) { return cs_current_shard_object_value; }
+void cs_set_current_shard(int shard, void *object);
 /// Number of open file descriptors of this process (entries in /proc/self/fd, minus the one used to count).
 int cs_open_fd_count(void);
 /// Names a thread (at most 15 characters are kept).

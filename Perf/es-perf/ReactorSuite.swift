@@ -155,7 +155,7 @@ struct ReactorSuite {
             submits.append(try await reactor.run(on: 0) { _ -> Double in
                 let start = cs_monotonic_ns()
                 var sink = 0
-                for i in 0..<roundTrips { sink &+= await reactor.submit(to: 1) { i } }
+                for i in 0..<roundTrips { sink &+= try await reactor.submit(to: 1) { i } }
                 precondition(sink != -1)
                 return Double(cs_monotonic_ns() - start) / Double(roundTrips)
             })

@@ -17,7 +17,8 @@ public final class Reactor: Sendable {
     public let shards: [Shard]
     public let configuration: ReactorConfiguration
     private let fabric: ShardFabric
-    private let threads: Mutex<[OSThread]>
+    /// Joined once, by whichever of `shutdown()` and `deinit` wins the `stopped` flag.
+    private let threads: [OSThread]
     private let stallDetector: StallDetector?
     private let logger: Logger
     private let stopped = Atomic<Bool>(false)
@@ -66,14 +67,15 @@ public final class Reactor: Sendable {
                 break
             }
         }
-        self.threads = Mutex(threads)
+        self.threads = threads
         if let threshold = configuration.stallThreshold {
             stallDetector = StallDetector(shards: shards, threshold: threshold, logger: logger)
         } else {
             stallDetector = nil
         }
         if let failure {
-            stopThreads()
+            stopped.store(true, ordering: .sequentiallyConsistent)
+            Self.stop(fabric, self.threads, stallDetector, logger)
             throw failure
         }
         stallDetector?.start()
@@ -82,34 +84,45 @@ public final class Reactor: Sendable {
     }
 
     deinit {
-        shutdown()
+        if cs_current_shard() >= 0 {
+            // The last reference went away on a shard thread, which cannot join itself: stop from another thread.
+            let (fabric, threads, detector, logger) = (fabric, threads, stallDetector, logger)
+            let parts = ShardBound((fabric, threads, detector, logger))
+            OSThread.startDetached(name: "es-reactor-stop") {
+                Reactor.stop(parts.value.0, parts.value.1, parts.value.2, parts.value.3)
+            }
+        } else if !stopped.exchange(true, ordering: .acquiringAndReleasing) {
+            Self.stop(fabric, threads, stallDetector, logger)
+        }
     }
 
-    /// Stops every shard: no new requests are taken, queued work and in-flight I/O drain (in-flight I/O still running
-    /// after `drainTimeout` is cancelled), every thread is joined and the reactor's own descriptors are closed.
-    /// Call it from outside the reactor; calling it twice is harmless.
+    /// Stops every shard: no new requests are taken; queued jobs, messages between shards and in-flight I/O drain
+    /// until the whole reactor is quiescent (in-flight I/O still running after `drainTimeout` is cancelled); then
+    /// every thread is joined and the reactor's own descriptors are closed. Call it from outside the reactor;
+    /// calling it twice is harmless.
     public func shutdown() {
         precondition(cs_current_shard() < 0, "shutdown() called from shard \(cs_current_shard()): it would deadlock")
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        stopThreads()
-        stallDetector?.shutdown()
-        fabric.shards = []  // breaks the reference cycle shard → fabric → shard
-        let dropped = shards.reduce(0) { $0 + $1.droppedAfterStop.load(ordering: .relaxed) }
-        if dropped > 0 { logger.error("jobs arrived after shutdown and were not run", metadata: ["count": "\(dropped)"]) }
-        logger.info("reactor stopped")
+        Self.stop(fabric, threads, stallDetector, logger)
     }
 
-    private func stopThreads() {
+    private static func stop(_ fabric: ShardFabric, _ threads: [OSThread], _ stallDetector: StallDetector?,
+                             _ logger: Logger) {
+        let shards = fabric.shards
         for shard in shards {
             shard.stopRequested.store(true, ordering: .sequentiallyConsistent)
             shard.sleeping.store(true, ordering: .sequentiallyConsistent)
             shard.wake()
         }
-        let joined = threads.withLock { threads in
-            defer { threads.removeAll() }
-            return threads
+        for thread in threads { thread.join() }
+        stallDetector?.shutdown()
+        let stranded = fabric.drainLeftovers()
+        let dropped = shards.reduce(0) { $0 + $1.droppedAfterStop.load(ordering: .relaxed) } + stranded
+        if dropped > 0 {
+            logger.error("messages arrived after shutdown and were not run", metadata: ["count": "\(dropped)"])
         }
-        for thread in joined { thread.join() }
+        fabric.shards = []  // breaks the reference cycle shard → fabric → shard
+        logger.info("reactor stopped")
     }
 
     /// Stalls the stall detector has reported since start.
@@ -124,27 +137,45 @@ public final class Reactor: Sendable {
     /// Which shard owns a key: the home of a range is `shardIndex(for: XXH3(stream id, range index))`.
     public func shardIndex(forHash hash: UInt64) -> Int { Int(hash % UInt64(shards.count)) }
 
+    /// This reactor's shard running the calling thread, if any.
+    private var currentShard: Shard? {
+        guard let index = Reactor.currentShardIndex, shards.indices.contains(index), shards[index].isCurrent else {
+            return nil
+        }
+        return shards[index]
+    }
+
     /// Runs `body` as a task on shard `index` and returns its result. The task prefers the shard as its executor, so
     /// everything it awaits (and every child task it starts without another preference) runs on that shard.
+    /// Cancelling the caller cancels the task. Throws `IOError` `.shutdown` once the reactor is stopping.
     public func run<T: Sendable>(
         on index: Int, _ body: @escaping @Sendable (ShardContext) async throws -> T
     ) async throws -> T {
         precondition(shards.indices.contains(index), "no shard \(index)")
+        guard !stopped.load(ordering: .acquiring) else { throw IOError(.crossShard, .shutdown, target: "shard \(index)") }
         let shard = shards[index]
-        return try await Task(executorPreference: shard) {
+        let task = Task(executorPreference: shard) {
             try await body(ShardContext(shard: shard))
-        }.value
+        }
+        return try await withTaskCancellationHandler {
+            try await task.value
+        } onCancel: {
+            task.cancel()
+        }
     }
 
     /// Runs `body` on shard `target` and returns its result to the calling task (Seastar's `submit_to`). From a
     /// shard, the request and its answer travel that pair's channels; if the channel is full, the caller waits
-    /// until it has room (back-pressure). `body` runs synchronously on the target: it must not block.
-    public func submit<T: Sendable>(to target: Int, _ body: @escaping @Sendable () -> T) async -> T {
+    /// until it has room (back-pressure). `body` runs synchronously on the target: it must not block. Throws
+    /// `.shutdown` once the reactor is stopping (from outside it; its own shards may still submit while draining).
+    public func submit<T: Sendable>(to target: Int, _ body: @escaping @Sendable () -> T) async throws(IOError) -> T {
         precondition(shards.indices.contains(target), "no shard \(target)")
         let destination = shards[target]
-        if let origin = Reactor.currentShardIndex {
-            if origin == target { return body() }
-            await shards[origin].waitForRoom(to: target)
+        if let origin = currentShard {
+            if origin.index == target { return body() }
+            await origin.waitForRoom(to: target)
+        } else if stopped.load(ordering: .acquiring) {
+            throw IOError(.crossShard, .shutdown, target: "shard \(target)")
         }
         return await withUnsafeContinuation { (continuation: UnsafeContinuation<T, Never>) in
             // Resumed on the target: the runtime enqueues the waiting task back on its own shard, over the channel

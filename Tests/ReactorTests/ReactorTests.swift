@@ -68,7 +68,7 @@ extension Serialized {
                 await withTaskGroup(of: Void.self) { group in
                     for _ in 0..<8 { group.addTask { try? await ShardContext(shard: shard).nop() } }
                 }
-                let value = await reactor.submit(to: 1) { Reactor.currentShardIndex ?? -1 }
+                let value = try await reactor.submit(to: 1) { Reactor.currentShardIndex ?? -1 }
                 precondition(value == 1)
                 // A task on the other shard, awaited from this one: its answer travels the channel, not the global
                 // executor.
@@ -143,13 +143,75 @@ extension Serialized {
                 await withTaskGroup(of: Int.self) { group in
                     for i in 0..<2000 {
                         group.addTask {
-                            await reactor.submit(to: 1) { Reactor.currentShardIndex == 1 ? i : -1_000_000 }
+                            (try? await reactor.submit(to: 1) { Reactor.currentShardIndex == 1 ? i : -1_000_000 }) ?? -1_000_000
                         }
                     }
                     return await group.reduce(0, +)
                 }
             }
             #expect(sum == (0..<2000).reduce(0, +))
+        }
+    }
+
+    /// Shard 1 is held busy while shard 0 fills the channel to it and keeps submitting: the submitters wait, and
+    /// all of them finish once shard 1 catches up.
+    @Test func submitWaitersResumeWhenTheTargetCatchesUp() async throws {
+        var configuration = ReactorConfiguration.testing(shards: 2)
+        configuration.channelCapacity = 4
+        configuration.stallThreshold = nil
+        try await withReactor(configuration) { reactor in
+            try await reactor.submit(to: 1) { usleep(30_000) }  // warm-up: shard 1 is alive
+            let sum = try await reactor.run(on: 0) { context -> Int in
+                // Hold shard 1 for 50 ms from now on.
+                reactor.shards[1].post { usleep(50_000) }
+                return try await withThrowingTaskGroup(of: Int.self) { group in
+                    for i in 0..<200 {
+                        group.addTask { try await reactor.submit(to: 1) { i } }
+                    }
+                    return try await group.reduce(0, +)
+                }
+            }
+            #expect(sum == (0..<200).reduce(0, +))
+        }
+    }
+
+    /// Work that crosses shards when shutdown begins still completes: a shard does not exit while a peer may still
+    /// send it a job.
+    @Test func shutdownDrainsWorkInFlightBetweenShards() async throws {
+        let reactor = try Reactor(configuration: .testing(shards: 2))
+        let started = ShardCounter()
+        let worker = Task {
+            try await reactor.run(on: 0) { _ -> Int in
+                var total = 0
+                for i in 0..<20_000 {
+                    total += try await reactor.submit(to: 1) { i & 1 }
+                    if i == 100 { started.value = 1 }
+                }
+                return total
+            }
+        }
+        while started.value == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        reactor.shutdown()
+        #expect(try await worker.value == 10_000)
+        #expect(reactor.shards.allSatisfy { $0.droppedAfterStop.load(ordering: .relaxed) == 0 })
+        // After shutdown, new work is refused with a typed error instead of hanging.
+        await #expect(throws: IOError.self) { _ = try await reactor.run(on: 0) { _ in 1 } }
+        await #expect(throws: IOError.self) { _ = try await reactor.submit(to: 1) { 1 } }
+    }
+
+    /// Shard identity is the shard, not its index: a task on reactor A's shard 0 that runs work on reactor B's
+    /// shard 0 really hops to B.
+    @Test func twoReactorsInOneProcessKeepTheirShardsApart() async throws {
+        try await withReactor(.testing(shards: 2)) { a in
+            try await withReactor(.testing(shards: 2)) { b in
+                let (onB, viaSubmit) = try await a.run(on: 0) { _ -> (Bool, Bool) in
+                    let onB = try await b.run(on: 0) { _ in b.shards[0].isCurrent && !a.shards[0].isCurrent }
+                    let viaSubmit = try await b.submit(to: 0) { b.shards[0].isCurrent }
+                    return (onB, viaSubmit && a.shards[0].isCurrent)
+                }
+                #expect(onB)
+                #expect(viaSubmit)
+            }
         }
     }
 

@@ -1,5 +1,9 @@
 import CSupport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Something that takes every completion of a multishot request (an accepting listener).
 protocol MultishotHandler: AnyObject {
     /// `more` is false on the last completion of the request.
@@ -11,7 +15,15 @@ enum CompletionWaiter {
     case none
     case continuation(UnsafeContinuation<Int32, Never>)
     case callback((Int32) -> Void)
-    case multishot(MultishotHandler)
+    /// Held weakly: a listener dropped without `close()` is freed, and its late completions are cleaned up here.
+    case multishot(WeakMultishotHandler)
+}
+
+/// A class, so that the waiter enum stays a plain pointer to move (a weak reference stored inline in the enum made
+/// every move of a waiter go through value witnesses).
+final class WeakMultishotHandler {
+    weak var handler: MultishotHandler?
+    init(handler: MultishotHandler) { self.handler = handler }
 }
 
 /// The table of a shard's in-flight requests. A request's io_uring user data is `generation << 32 | slot`, so a
@@ -19,8 +31,9 @@ enum CompletionWaiter {
 /// Bounded: `capacity` is the shard's in-flight limit. Owned by the shard's thread; its storage is allocated once, so
 /// starting and completing a request allocates nothing.
 final class CompletionTable {
+    // UInt64.max itself is liburing's LIBURING_UDATA_TIMEOUT, which its wait calls consume silently.
     /// User data reserved for the shard's own wake-up read on its eventfd.
-    static let wakeUserData: UInt64 = .max
+    static let wakeUserData: UInt64 = .max - 2
     /// User data for requests whose completion nobody waits for (cancellations, message-ring sends).
     static let ignoredUserData: UInt64 = .max - 1
     /// Bytes of stable scratch memory per slot, for what the kernel reads until completion (timespec, sockaddr).
@@ -116,10 +129,14 @@ final class CompletionTable {
     func complete(userData: UInt64, result: Int32, flags: UInt32) -> Bool {
         guard isLive(userData) else { return false }
         let slot = Int(UInt32(truncatingIfNeeded: userData))
-        if case .multishot(let handler) = slots[slot].waiter {
+        if case .multishot(let box) = slots[slot].waiter {
             let more = cs_cqe_has_more(flags)
             if !more { release(userData) }
-            handler.complete(result: result, more: more)
+            if let handler = box.handler {
+                handler.complete(result: result, more: more)
+            } else if result >= 0 {
+                close(result)  // a connection accepted for a listener that no longer exists
+            }
             return true
         }
         // Move the waiter out rather than copy it: a copy would retain and release the closure or handler.

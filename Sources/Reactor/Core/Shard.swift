@@ -19,7 +19,7 @@ enum ShardMessage: @unchecked Sendable {
 /// A shard is its own executor, both serial and task executor: tasks started with it as their preference, actors
 /// whose `unownedExecutor` it is, and every awaited I/O completion all run on its one thread. State marked
 /// "thread-owned" below is touched only on that thread; everything another thread may touch is atomic or behind the
-/// foreign inbox's mutex, which only threads that are not shards use.
+/// foreign inbox's mutex, which only threads that are not shards of this reactor use.
 public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     public let index: Int
     /// The CPU this shard runs on (pinned only when configured).
@@ -35,10 +35,13 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     // MARK: Cross-thread state
     let sleeping = Atomic<Bool>(false)
     let stopRequested = Atomic<Bool>(false)
+    /// While stopping: set when this shard has nothing to do (see `ShardFabric.isQuiescent`).
+    let idle = Atomic<Bool>(false)
     /// 0 starting, 1 running, 2 failed to start, 3 stopped.
     let lifecycle = Atomic<Int>(0)
-    private let foreignPending = Atomic<Bool>(false)
-    private let foreignInbox = Mutex<[ShardMessage]>([])
+    let foreignPending = Atomic<Bool>(false)
+    /// Messages from threads that are not shards of this reactor; `closed` once the shard has stopped.
+    let foreignInbox = Mutex<(closed: Bool, messages: [ShardMessage])>((false, []))
     let wakeFD: Int32
     /// Bumped before and after each job: odd while a job runs. Read by the stall detector.
     let progress = Atomic<UInt64>(0)
@@ -49,21 +52,21 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     var ring: OpaquePointer?
     /// The ring setup flags the kernel granted (CS_RING_*).
     public internal(set) var grantedRingFlags: UInt32 = 0
-    private var runQueue = JobQueue()
-    private var localCalls: [@Sendable () -> Void] = []
-    private var overflow: [[ShardMessage]]
-    private var overflowCount = 0
-    private var wakePending: [Bool]
-    private var wakePendingCount = 0
-    private var channelWaiters: [[UnsafeContinuation<Void, Never>]]
+    var runQueue = JobQueue()
+    var localCalls: [@Sendable () -> Void] = []
+    var overflow: [[ShardMessage]]
+    var overflowCount = 0
+    var wakePending: [Bool]
+    var wakePendingCount = 0
+    var channelWaiters: [[UnsafeContinuation<Void, Never>]]
+    var channelWaiterCount = 0
     var completions: CompletionTable
-    private var cqes: UnsafeMutablePointer<cs_cqe>
-    private let cqeBatch = 256
-    private var wakeArmed = false
-    private let wakeCounter = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-    private var progressCount: UInt64 = 0
-    private var acceptingWork = true
-    /// Set on the thread once it runs, so that jobs enqueued from it take the local path.
+    let cqes: UnsafeMutablePointer<cs_cqe>
+    let cqeBatch = 256
+    var wakeArmed = false
+    let wakeCounter = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    var progressCount: UInt64 = 0
+    var acceptingWork = true
     var bufferPool: BufferPool?
 
     init(index: Int, cpu: Int, configuration: ReactorConfiguration, fabric: ShardFabric, logger: Logger)
@@ -94,6 +97,34 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         if wakeFD >= 0 { close(wakeFD) }
     }
 
+    // MARK: - Identity
+
+    /// This shard's identity as the thread-local "current shard" holds it.
+    @inline(__always)
+    var identity: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+
+    /// Whether the calling thread is this shard's thread.
+    @inline(__always)
+    public var isCurrent: Bool { cs_current_shard_object() == identity }
+
+    /// The shard of this reactor running the calling thread, if any: only such a shard may use the channels.
+    @inline(__always)
+    func withCurrentPeer<R>(_ body: (Shard?) -> R) -> R {
+        guard let object = cs_current_shard_object() else { return body(nil) }
+        return Unmanaged<Shard>.fromOpaque(object)._withUnsafeGuaranteedRef { current in
+            current.fabric === fabric ? body(current) : body(nil)
+        }
+    }
+
+    public func checkIsolated() {
+        precondition(isCurrent, "expected to run on shard \(index), but this thread is shard \(cs_current_shard())")
+    }
+
+    /// Traps unless called on this shard's thread (the shard's `preconditionInEventLoop`).
+    public func preconditionOnShard(file: StaticString = #fileID, line: UInt = #line) {
+        precondition(isCurrent, "must run on shard \(index); running on \(cs_current_shard())", file: file, line: line)
+    }
+
     // MARK: - Executor
 
     public func enqueue(_ job: consuming ExecutorJob) {
@@ -102,11 +133,10 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     @inline(__always)
     func enqueueJob(_ job: UnownedJob) {
-        let from = Int(cs_current_shard())
-        if from == index {
+        if isCurrent {
             runQueue.push(job)
         } else {
-            deliver(.job(job), from: from)
+            deliver(.job(job))
         }
     }
 
@@ -118,44 +148,37 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         UnownedTaskExecutor(ordinary: self)
     }
 
-    public func checkIsolated() {
-        precondition(isCurrent, "expected to run on shard \(index), but this thread is shard \(cs_current_shard())")
-    }
-
-    /// Whether the calling thread is this shard's thread.
-    public var isCurrent: Bool { Int(cs_current_shard()) == index }
-
-    /// Traps unless called on this shard's thread (the shard's `preconditionInEventLoop`).
-    public func preconditionOnShard(file: StaticString = #fileID, line: UInt = #line) {
-        precondition(isCurrent, "must run on shard \(index); running on \(cs_current_shard())", file: file, line: line)
-    }
-
     // MARK: - Messages
 
-    /// Runs `body` on this shard, from any thread. From another shard it travels that pair's channel (and waits in
-    /// the sender's overflow list if the channel is full); from a thread that is not a shard it goes through the
-    /// foreign inbox.
+    /// Runs `body` on this shard, from any thread. From another shard of the reactor it travels that pair's channel
+    /// (and waits in the sender's overflow list if the channel is full); from any other thread it goes through the
+    /// foreign inbox. After the shard has stopped, it is counted in `droppedAfterStop` and not run.
     public func post(_ body: @escaping @Sendable () -> Void) {
-        let from = Int(cs_current_shard())
-        if from == index {
+        if isCurrent {
             localCalls.append(body)
         } else {
-            deliver(.call(body), from: from)
+            deliver(.call(body))
         }
     }
 
-    private func deliver(_ message: ShardMessage, from: Int) {
-        if from >= 0 && from < fabric.shardCount {
-            fabric.withShard(from) { $0.send(message, to: index) }
-        } else {
-            guard lifecycle.load(ordering: .acquiring) < 3 else {
-                droppedAfterStop.add(1, ordering: .relaxed)
-                return
-            }
-            foreignInbox.withLock { $0.append(message) }
-            foreignPending.store(true, ordering: .sequentiallyConsistent)
-            wake()
+    private func deliver(_ message: ShardMessage) {
+        let sent = withCurrentPeer { peer -> Bool in
+            guard let peer else { return false }
+            peer.send(message, to: index)
+            return true
         }
+        if sent { return }
+        let accepted = foreignInbox.withLock { inbox -> Bool in
+            if inbox.closed { return false }
+            inbox.messages.append(message)
+            return true
+        }
+        guard accepted else {
+            droppedAfterStop.add(1, ordering: .relaxed)
+            return
+        }
+        foreignPending.store(true, ordering: .sequentiallyConsistent)
+        wake()
     }
 
     /// On this shard's thread: sends to `target` over this pair's channel, keeping order behind anything already
@@ -177,24 +200,27 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     }
 
     /// Suspends the calling task (on this shard) until the channel to `target` has room: the back-pressure of
-    /// `Reactor.submit`.
+    /// `Reactor.submit`. The loop resumes waiters once their channel has room (`flushOutbound`).
     func waitForRoom(to target: Int) async {
         while !channelHasRoom(to: target) {
-            await withUnsafeContinuation { channelWaiters[target].append($0) }
+            await withUnsafeContinuation { continuation in
+                channelWaiters[target].append(continuation)
+                channelWaiterCount += 1
+            }
         }
     }
 
     /// Remembers that `target` was sent something this loop turn; `wakeMarked()` checks once per turn whether it
     /// sleeps, so a burst of messages costs one fence, not one each (Seastar flushes its queues the same way).
     @inline(__always)
-    private func markForWake(_ target: Int) {
+    func markForWake(_ target: Int) {
         if !wakePending[target] {
             wakePending[target] = true
             wakePendingCount += 1
         }
     }
 
-    private func wakeMarked() {
+    func wakeMarked() {
         // Pairs with the store-then-check in `sleep()`: either the sleeper sees our message, or we see it sleeping.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         for target in 0..<wakePending.count where wakePending[target] {
@@ -212,267 +238,18 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         }
     }
 
-    // MARK: - The loop
-
-    func run() {
-        cs_set_current_shard(Int32(index))
-        defer { cs_set_current_shard(-1) }
-        if configuration.pinThreads {
-            let rc = cs_pin_current_thread(Int32(cpu))
-            if rc < 0 { return fail(IOError(.pin, .system(errno: -rc), target: "cpu \(cpu)")) }
-        }
-        var granted: UInt32 = 0
-        var error: Int32 = 0
-        guard let ring = cs_ring_create(configuration.ringEntries, configuration.ringEntries * 4, &granted, &error)
-        else { return fail(IOError(.ringSetup, .system(errno: -error), target: "shard \(index)")) }
-        self.ring = ring
-        grantedRingFlags = granted
-        do {
-            bufferPool = try BufferPool(shard: self)
-        } catch {
-            cs_ring_destroy(ring)
-            self.ring = nil
-            return fail(error)
-        }
-        lifecycle.store(1, ordering: .releasing)
-        logger.debug("shard started", metadata: ["cpu": "\(cpu)", "ring_flags": "\(granted)"])
-
-        loop()
-
-        bufferPool?.release()
-        bufferPool = nil
-        cs_ring_destroy(ring)
-        self.ring = nil
-        lifecycle.store(3, ordering: .releasing)
-        // Anything a foreign thread slipped in after the last drain is counted, never silently run elsewhere.
-        let late = foreignInbox.withLock { inbox in
-            defer { inbox.removeAll() }
-            return inbox.count
-        }
-        if late > 0 { droppedAfterStop.add(late, ordering: .relaxed) }
-    }
-
-    private func fail(_ error: IOError) {
-        startError = error
-        lifecycle.store(2, ordering: .releasing)
-    }
-
-    private func loop() {
-        let pollNanoseconds = configuration.pollDuration.wholeNanoseconds
-        var idleSince: UInt64 = 0
-        var idleSpins = 0
-        var drainDeadline: UInt64 = 0
-        var cancelledAll = false
-        while true {
-            var worked = drainChannels()
-            if !runQueue.isEmpty || !localCalls.isEmpty {
-                runLocal()
-                worked = true
-            }
-            if overflowCount > 0 && flushOverflow() > 0 { worked = true }
-            if completions.inFlight > 0 || cs_ring_sq_ready(ring) > 0 {
-                if pollRing() > 0 { worked = true }
-            }
-            if wakePendingCount > 0 { wakeMarked() }
-            if worked {
-                idleSince = 0
-                idleSpins = 0
-                continue
-            }
-            if stopRequested.load(ordering: .relaxed) {
-                let now = cs_monotonic_ns()
-                if acceptingWork {
-                    acceptingWork = false
-                    drainDeadline = now &+ configuration.drainTimeout.wholeNanoseconds
-                }
-                let busy = completions.inFlight  // the wake-up read holds no slot
-                if busy == 0 && overflowCount == 0 { break }
-                if now >= drainDeadline && !cancelledAll {
-                    cancelledAll = true
-                    cancelAllInFlight()
-                    drainDeadline = now &+ configuration.drainTimeout.wholeNanoseconds
-                } else if now >= drainDeadline && cancelledAll {
-                    logger.error("shard stopped with requests still in flight", metadata: ["in_flight": "\(busy)"])
-                    break
-                }
-                sleep(timeoutNanoseconds: 1_000_000)
-                continue
-            }
-            // Spinning would keep the kernel's io-wq worker, which shares this CPU, from finishing an offloaded
-            // request (an fdatasync): then sleep in the ring at once. Otherwise poll, reading the clock only every
-            // 64 idle turns.
-            if completions.offloadedInFlight == 0 {
-                idleSpins &+= 1
-                if idleSpins & 63 != 0 { continue }
-                let now = cs_monotonic_ns()
-                if idleSince == 0 { idleSince = now }
-                if now &- idleSince < pollNanoseconds {
-                    cs_cpu_relax()
-                    continue
-                }
-            }
-            // With messages still waiting for room in a peer's channel, sleep only briefly: the peer drains without
-            // waking us.
-            sleep(timeoutNanoseconds: overflowCount > 0 ? 100_000 : -1)
-            idleSince = 0
-            idleSpins = 0
-        }
-    }
-
-    /// Runs queued local jobs and calls, at most one batch of each.
-    private func runLocal() {
-        if !localCalls.isEmpty {
-            let calls = localCalls
-            localCalls.removeAll(keepingCapacity: true)
-            for call in calls { call() }
-        }
-        var budget = configuration.jobBatch
-        let serial = asUnownedSerialExecutor()
-        let task = asUnownedTaskExecutor()
-        while budget > 0, let job = runQueue.pop() {
-            budget -= 1
-            progressCount &+= 1
-            progress.store(progressCount, ordering: .relaxed)
-            job.runSynchronously(isolatedTo: serial, taskExecutor: task)
-            progressCount &+= 1
-            progress.store(progressCount, ordering: .relaxed)
-        }
-    }
-
-    @inline(__always)
-    private func handle(_ message: consuming ShardMessage) {
-        switch message {
-        case .job(let job):
-            progressCount &+= 1
-            progress.store(progressCount, ordering: .relaxed)
-            job.runSynchronously(isolatedTo: asUnownedSerialExecutor(), taskExecutor: asUnownedTaskExecutor())
-            progressCount &+= 1
-            progress.store(progressCount, ordering: .relaxed)
-        case .call(let body):
-            body()
-        }
-    }
-
-    private func drainChannels() -> Bool {
-        var any = false
-        let batch = configuration.channelDrainBatch
-        for source in 0..<fabric.shardCount where source != index {
-            let drained = fabric.withChannel(from: source, to: index) { $0.drain(limit: batch) { handle($0) } }
-            if drained > 0 { any = true }
-        }
-        if foreignPending.load(ordering: .relaxed) {
-            foreignPending.store(false, ordering: .sequentiallyConsistent)
-            let messages = foreignInbox.withLock { inbox in
-                defer { inbox.removeAll(keepingCapacity: true) }
-                return inbox
-            }
-            for message in messages { handle(message) }
-            any = any || !messages.isEmpty
-        }
-        return any
-    }
-
-    /// Moves waiting messages into channels that have room; returns how many moved.
-    private func flushOverflow() -> Int {
-        var moved = 0
-        for target in 0..<overflow.count where !overflow[target].isEmpty {
-            var sent = 0
-            fabric.withChannel(from: index, to: target) { channel in
-                for message in overflow[target] {
-                    if !channel.push(message) { break }
-                    sent += 1
-                }
-            }
-            if sent > 0 {
-                moved += sent
-                overflow[target].removeFirst(sent)
-                overflowCount -= sent
-                markForWake(target)
-            }
-            if overflow[target].isEmpty && !channelWaiters[target].isEmpty {
-                let waiters = channelWaiters[target]
-                channelWaiters[target].removeAll()
-                for waiter in waiters { waiter.resume() }
-            }
-        }
-        return moved
-    }
-
-    /// Submits what is prepared and reaps what completed. Returns the number of completions handled.
-    private func pollRing() -> Int {
-        let rc = cs_ring_submit_and_get_events(ring)
-        if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
-            logger.error("io_uring submit failed", metadata: ["errno": "\(-rc)"])
-        }
-        return reap()
-    }
-
-    private func reap() -> Int {
-        var total = 0
-        while true {
-            let n = Int(cs_ring_reap(ring, cqes, UInt32(cqeBatch)))
-            for i in 0..<n {
-                let cqe = cqes[i]
-                switch cqe.user_data {
-                case CompletionTable.wakeUserData:
-                    wakeArmed = false
-                case CompletionTable.ignoredUserData:
-                    break
-                default:
-                    _ = completions.complete(userData: cqe.user_data, result: cqe.res, flags: cqe.flags)
-                }
-            }
-            total += n
-            if n < cqeBatch { return total }
-        }
-    }
-
-    /// Sleeps in the ring until a completion, a wake-up from another thread, or the timeout (negative: none).
-    private func sleep(timeoutNanoseconds: Int64) {
-        sleeping.store(true, ordering: .sequentiallyConsistent)
-        if hasPendingInbound() || !runQueue.isEmpty || !localCalls.isEmpty {
-            sleeping.store(false, ordering: .relaxed)
-            return
-        }
-        if !wakeArmed {
-            if cs_prep_eventfd_read(ring, wakeFD, wakeCounter, CompletionTable.wakeUserData) == 0 { wakeArmed = true }
-        }
-        let rc = cs_ring_submit_and_wait(ring, 1, timeoutNanoseconds)
-        if rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
-            logger.error("io_uring wait failed", metadata: ["errno": "\(-rc)"])
-        }
-        sleeping.store(false, ordering: .relaxed)
-        _ = reap()
-    }
-
-    private func hasPendingInbound() -> Bool {
-        if foreignPending.load(ordering: .sequentiallyConsistent) { return true }
-        for source in 0..<fabric.shardCount where source != index {
-            if fabric.withChannel(from: source, to: index, { $0.hasPending() }) { return true }
-        }
-        return false
-    }
-
-    private func cancelAllInFlight() {
-        for userData in completions.liveUserData() {
-            _ = cs_prep_cancel(ring, userData, CompletionTable.ignoredUserData)
-        }
-        _ = cs_ring_submit(ring)
-    }
-
     // MARK: - Requests
 
     /// Prepares one request on this shard's ring and suspends until it completes. `prepare` receives the ring, the
-    /// request's user data and its scratch memory, and returns 0 or a negative errno. With `submitNow`, the request
-    /// is submitted before `prepare`'s pointers go out of scope (open, whose path the kernel reads at submission).
+    /// request's user data and its scratch memory, and returns 0 or a negative errno; pointers it hands the kernel
+    /// must stay valid until this returns (they do when they live in the caller's frame or the scratch memory).
     /// `offloaded` marks requests the kernel runs on its io-wq threads (see `CompletionTable.offloadedInFlight`).
     /// A negative result becomes an `IOError` naming `operation` and `target`.
     func perform(
-        _ operation: IOOperation, target: @autoclosure () -> String, submitNow: Bool = false,
-        offloaded: Bool = false, _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
+        _ operation: IOOperation, target: @autoclosure () -> String, offloaded: Bool = false,
+        _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
     ) async throws(IOError) -> Int32 {
-        let userData = try startRequest(operation, target: target(), submitNow: submitNow, offloaded: offloaded,
-                                        prepare)
+        let userData = try startRequest(operation, target: target(), offloaded: offloaded, prepare)
         let result = await withTaskCancellationHandler {
             await withUnsafeContinuation { continuation in
                 completions.setWaiter(userData, .continuation(continuation))
@@ -487,16 +264,18 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         return result
     }
 
-    /// Prepares a request and returns its user data; the caller sets its waiter before anything can complete it.
+    /// Prepares a request and returns its user data; the caller sets its waiter before anything can complete it
+    /// (nothing can: completions are reaped by this same thread's loop). The request goes to the kernel at the end
+    /// of the loop turn, with everything else prepared in it.
     func startRequest(
-        _ operation: IOOperation, target: @autoclosure () -> String, submitNow: Bool = false,
-        offloaded: Bool = false, _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
+        _ operation: IOOperation, target: @autoclosure () -> String, offloaded: Bool = false,
+        checkCancellation: Bool = true, _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
     ) throws(IOError) -> UInt64 {
         guard isCurrent else {
             throw IOError(operation, .wrongShard(expected: index, actual: Int(cs_current_shard())), target: target())
         }
         guard acceptingWork, let ring else { throw IOError(operation, .shutdown, target: target()) }
-        if Task.isCancelled { throw IOError(operation, .cancelled, target: target()) }
+        if checkCancellation && Task.isCancelled { throw IOError(operation, .cancelled, target: target()) }
         guard let userData = completions.acquire(offloaded: offloaded) else {
             throw IOError(operation, .tooManyInFlight(limit: completions.capacity), target: target())
         }
@@ -506,10 +285,6 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
             // The submission queue is full: hand it to the kernel and try once more.
             _ = cs_ring_submit(ring)
             rc = prepare(ring, userData, scratch)
-        }
-        if rc == 0 && submitNow {
-            let submitted = cs_ring_submit(ring)
-            if submitted < 0 { rc = submitted }
         }
         if rc < 0 {
             completions.release(userData)
@@ -521,49 +296,17 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// Asks the kernel to cancel the request `userData` if it is still in flight.
     func cancel(_ userData: UInt64) {
         assert(isCurrent)
-        guard let ring, completions.isLive(userData) else { return }
-        if cs_prep_cancel(ring, userData, CompletionTable.ignoredUserData) == -EBUSY {
+        guard completions.isLive(userData) else { return }
+        prepareControl { ring in cs_prep_cancel(ring, userData, CompletionTable.ignoredUserData) }
+    }
+
+    /// Prepares a request nobody waits for (a cancellation), making room in the submission queue if it is full.
+    func prepareControl(_ prepare: (OpaquePointer) -> Int32) {
+        guard let ring else { return }
+        for _ in 0..<64 {
+            if prepare(ring) != -EBUSY { return }
             _ = cs_ring_submit(ring)
-            _ = cs_prep_cancel(ring, userData, CompletionTable.ignoredUserData)
         }
+        logger.error("could not queue a control request: the submission queue stays full")
     }
-}
-
-/// The shards of one reactor and the channels between them: `shardCount * shardCount` single-producer
-/// single-consumer channels, one per ordered pair (the diagonal is unused).
-final class ShardFabric: @unchecked Sendable {
-    let shardCount: Int
-    private let channels: [SPSCChannel<ShardMessage>]
-    // Unretained views of the channels and shards (kept alive by the arrays beside them). The hot paths reach them
-    // through these, because retaining an object that two cores share makes its reference count bounce between
-    // their caches on every message.
-    private let channelRefs: [Unmanaged<SPSCChannel<ShardMessage>>]
-    private var shardRefs: [Unmanaged<Shard>] = []
-    /// Filled once, before any shard thread starts; read-only afterwards.
-    var shards: [Shard] = [] {
-        didSet { shardRefs = shards.map { Unmanaged.passUnretained($0) } }
-    }
-
-    init(shardCount: Int, channelCapacity: Int) {
-        self.shardCount = shardCount
-        channels = (0..<(shardCount * shardCount)).map { _ in SPSCChannel(capacity: channelCapacity) }
-        channelRefs = channels.map { Unmanaged.passUnretained($0) }
-    }
-
-    @inline(__always)
-    func withChannel<R>(from source: Int, to target: Int, _ body: (SPSCChannel<ShardMessage>) -> R) -> R {
-        channelRefs[source &* shardCount &+ target]._withUnsafeGuaranteedRef(body)
-    }
-
-    @inline(__always)
-    func withShard<R>(_ index: Int, _ body: (Shard) -> R) -> R {
-        shardRefs[index]._withUnsafeGuaranteedRef(body)
-    }
-}
-
-/// A shard-bound value carried through a closure that the compiler must treat as Sendable (a cancellation handler)
-/// but that only ever touches the value after hopping back to the value's shard with `Shard.post`.
-struct ShardBound<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

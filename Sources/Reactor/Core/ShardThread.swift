@@ -30,6 +30,11 @@ struct OSThread: @unchecked Sendable {
         return OSThread(handle: handle)
     }
 
+    /// Starts a thread nobody joins.
+    static func startDetached(name: String, _ body: @escaping @Sendable () -> Void) {
+        if let thread = start(name: name, body) { _ = pthread_detach(thread.handle) }
+    }
+
     func join() {
         _ = pthread_join(handle, nil)
     }

@@ -33,10 +33,10 @@ public final class File: ShardFile {
         if options.truncate { flags |= O_TRUNC }
         if options.direct { flags |= cs_o_direct() }
         let mode = options.permissions
-        // The kernel copies the path when the request is submitted, which `submitNow` does before returning.
+        // The copy lives until the request completes, whenever the loop submits it.
         guard let cPath = strdup(path) else { throw IOError(.open, .system(errno: ENOMEM), target: path) }
         defer { free(cPath) }
-        let fd = try await shard.perform(.open, target: path, submitNow: true, offloaded: true) { ring, userData, _ in
+        let fd = try await shard.perform(.open, target: path, offloaded: true) { ring, userData, _ in
             cs_prep_openat(ring, AT_FDCWD, cPath, Int32(flags), mode, userData)
         }
         return File(path: path, descriptor: fd, isDirect: options.direct, shard: shard)
@@ -155,11 +155,12 @@ public final class File: ShardFile {
         }
     }
 
+    /// Closes the descriptor. Synchronous underneath: closing an O_DIRECT file is quick, and a close that could be
+    /// refused (the task cancelled, the shard stopping) would leak the descriptor.
     public func close() async throws(IOError) {
         try checkOpen(.close)
         closed = true
-        let fd = descriptor
-        _ = try await shard.perform(.close, target: path, offloaded: true) { ring, userData, _ in cs_prep_close(ring, fd, userData) }
+        if Glibc.close(descriptor) != 0 { throw IOError(.close, .system(errno: Glibc.errno), target: path) }
     }
 }
 

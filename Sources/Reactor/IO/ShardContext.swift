@@ -91,7 +91,9 @@ public struct ShardContext: ShardEnvironment {
 
     /// Submits a NOP whose completion calls `callback` on this shard, without a task: the reactor's lowest layer.
     public func nop(callback: @escaping (Int32) -> Void) throws(IOError) {
-        let userData = try shard.startRequest(.nop, target: "") { ring, userData, _ in cs_prep_nop(ring, userData) }
+        let userData = try shard.startRequest(.nop, target: "", checkCancellation: false) { ring, userData, _ in
+            cs_prep_nop(ring, userData)
+        }
         shard.completions.setWaiter(userData, .callback(callback))
     }
 

@@ -29,17 +29,12 @@ public final class TCPConnection: ShardConnection {
             cs_prep_socket(ring, AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, userData)
         }
         let connection = TCPConnection(descriptor: fd, peer: peer, shard: shard)
-        var bad = false
         // The address lives in the request's scratch memory until the request completes.
         _ = try await shard.perform(.connect, target: peer) { ring, userData, scratch in
             let length = cs_sockaddr_ipv4(host, port, scratch)
-            if length < 0 {
-                bad = true
-                return length
-            }
+            if length < 0 { return length }
             return cs_prep_connect(ring, fd, scratch, UInt32(length), userData)
         }
-        _ = bad
         return connection
     }
 
@@ -69,11 +64,12 @@ public final class TCPConnection: ShardConnection {
         }
     }
 
+    /// Shuts the connection down (which ends any receive or send still waiting on it) and closes the descriptor.
     public func close() async throws(IOError) {
         try checkOpen(.close)
         closed = true
-        let fd = descriptor
-        _ = try await shard.perform(.close, target: peer) { ring, userData, _ in cs_prep_close(ring, fd, userData) }
+        _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
+        if Glibc.close(descriptor) != 0 { throw IOError(.close, .system(errno: Glibc.errno), target: peer) }
     }
 }
 
@@ -120,15 +116,19 @@ public final class TCPListener: ShardListener, MultishotHandler {
 
     deinit {
         for fd in ready { Glibc.close(fd) }
-        if !closed { Glibc.close(descriptor) }
+        if !closed {
+            // The armed accept holds this listener only weakly; cancel it so the kernel lets go of the socket.
+            if let acceptUserData, shard.isCurrent { shard.cancel(acceptUserData) }
+            Glibc.close(descriptor)
+        }
     }
 
     private func arm() throws(IOError) {
         let fd = descriptor
-        let userData = try shard.startRequest(.accept, target: "\(host):\(port)") { ring, userData, _ in
-            cs_prep_accept_multishot(ring, fd, userData)
+        let userData = try shard.startRequest(.accept, target: "\(host):\(port)", checkCancellation: false) {
+            ring, userData, _ in cs_prep_accept_multishot(ring, fd, userData)
         }
-        shard.completions.setWaiter(userData, .multishot(self))
+        shard.completions.setWaiter(userData, .multishot(WeakMultishotHandler(handler: self)))
         acceptUserData = userData
     }
 
@@ -145,10 +145,7 @@ public final class TCPListener: ShardListener, MultishotHandler {
         }
         if !more {
             acceptUserData = nil
-            // The kernel ends a multishot accept on some errors; re-arm unless closing.
-            if !closed && failure == nil {
-                do { try arm() } catch { failure = error }
-            }
+            // The kernel ends a multishot accept on some errors (EMFILE, ENOBUFS); `accept()` re-arms it.
         }
         wakeWaiter()
     }
@@ -171,6 +168,7 @@ public final class TCPListener: ShardListener, MultishotHandler {
                 throw failure
             }
             if closed { throw IOError(.accept, .system(errno: EBADF), target: "\(host):\(port)") }
+            if acceptUserData == nil { try arm() }
             if Task.isCancelled { throw IOError(.accept, .cancelled, target: "\(host):\(port)") }
             precondition(waiter == nil, "only one task may wait in accept() at a time")
             await withTaskCancellationHandler {
@@ -188,11 +186,10 @@ public final class TCPListener: ShardListener, MultishotHandler {
         if let acceptUserData { shard.cancel(acceptUserData) }
         for fd in ready { Glibc.close(fd) }
         ready.removeAll()
-        let fd = descriptor
-        _ = try await shard.perform(.close, target: "\(host):\(port)") { ring, userData, _ in
-            cs_prep_close(ring, fd, userData)
-        }
         wakeWaiter()
+        if Glibc.close(descriptor) != 0 {
+            throw IOError(.close, .system(errno: Glibc.errno), target: "\(host):\(port)")
+        }
     }
 }
 

@@ -16,7 +16,10 @@ public final class BufferPool {
     private var base: UnsafeMutableRawPointer?
     private let mappedBytes: Int
     private var free: [Int32]
-    private var waiters: [UnsafeContinuation<Void, Never>] = []
+    private var waiters: [(id: UInt64, continuation: UnsafeContinuation<Void, Never>)] = []
+    private var nextWaiterID: UInt64 = 0
+    /// Set when the shard stops: no new leases; the memory is freed once the last lease comes back.
+    private var retired = false
     unowned(unsafe) let shard: Shard
 
     public enum MemoryKind: String, Sendable {
@@ -63,9 +66,18 @@ public final class BufferPool {
         }
     }
 
-    /// Frees the memory; called by the shard as it stops, after the ring has no request in flight.
-    func release() {
+    /// Called by the shard as it stops, with no request in flight: unregisters the buffers, wakes every waiter (it
+    /// then gets `.shutdown`), and frees the memory now, or when the last outstanding lease comes back.
+    func retire() {
         if registered, let ring = shard.ring { _ = cs_ring_unregister_buffers(ring) }
+        retired = true
+        let woken = waiters
+        waiters.removeAll()
+        for waiter in woken { waiter.continuation.resume() }
+        if free.count == bufferCount { freeMemory() }
+    }
+
+    private func freeMemory() {
         guard let base else { return }
         let kind: cs_memory_kind
         switch memoryKind {
@@ -80,34 +92,54 @@ public final class BufferPool {
     /// Buffers not leased right now.
     public var available: Int { free.count }
 
-    /// A buffer, or nil when all are leased.
+    /// A buffer, or nil when all are leased (or the shard has stopped).
     public func tryAcquire() -> PooledBuffer? {
-        guard let base, let index = free.popLast() else { return nil }
+        guard !retired, let base, let index = free.popLast() else { return nil }
         return PooledBuffer(pool: self, index: Int(index), base: base + Int(index) * bufferSizeBytes,
                             count: bufferSizeBytes)
     }
 
-    /// A buffer, waiting for one to be returned when all are leased.
+    /// A buffer, waiting for one to be returned when all are leased. Throws `.cancelled` if the task is cancelled
+    /// while it waits, `.shutdown` once the shard stops.
     public func acquire() async throws(IOError) -> PooledBuffer {
         while true {
+            if retired { throw IOError(.allocate, .shutdown, target: "buffer pool") }
             if let buffer = tryAcquire() { return buffer }
             if base == nil { throw IOError(.allocate, .invalidArgument("the pool has no buffers")) }
             if Task.isCancelled { throw IOError(.allocate, .cancelled, target: "buffer pool") }
-            await withUnsafeContinuation { waiters.append($0) }
+            nextWaiterID += 1
+            let id = nextWaiterID
+            let shard = self.shard
+            let pool = ShardBound(self)
+            await withTaskCancellationHandler {
+                await withUnsafeContinuation { waiters.append((id, $0)) }
+            } onCancel: {
+                shard.post { pool.value.resumeWaiter(id) }
+            }
         }
+    }
+
+    private func resumeWaiter(_ id: UInt64) {
+        guard let position = waiters.firstIndex(where: { $0.id == id }) else { return }
+        waiters.remove(at: position).continuation.resume()
     }
 
     fileprivate func giveBack(_ index: Int) {
         free.append(Int32(index))
         assert(free.count <= bufferCount)
-        if !waiters.isEmpty { waiters.removeFirst().resume() }
+        if retired {
+            if free.count == bufferCount { freeMemory() }
+            return
+        }
+        if !waiters.isEmpty { waiters.removeFirst().continuation.resume() }
     }
 }
 
 /// A lease on one pooled buffer: 4 KiB aligned, `count` bytes, returned to its pool when the lease ends. It cannot
 /// be copied, and (not being Sendable) it stays on the shard whose pool lent it.
 public struct PooledBuffer: ~Copyable {
-    unowned(unsafe) let pool: BufferPool
+    /// Strong: a lease keeps its pool (and so its memory) alive, even past the shard's end.
+    let pool: BufferPool
     /// The index of the buffer in the ring's fixed-buffer table.
     public let index: Int
     public let base: UnsafeMutableRawPointer

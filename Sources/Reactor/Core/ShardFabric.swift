@@ -1,0 +1,71 @@
+import Synchronization
+
+/// The shards of one reactor and the channels between them: `shardCount * shardCount` single-producer
+/// single-consumer channels, one per ordered pair (the diagonal is unused). It also decides when a stopping reactor
+/// is quiescent: no shard busy, no message in any channel.
+final class ShardFabric: @unchecked Sendable {
+    let shardCount: Int
+    private let channels: [SPSCChannel<ShardMessage>]
+    // Unretained views of the channels and shards (kept alive by the arrays beside them). The hot paths reach them
+    // through these, because retaining an object that two cores share makes its reference count bounce between
+    // their caches on every message.
+    private let channelRefs: [Unmanaged<SPSCChannel<ShardMessage>>]
+    private var shardRefs: [Unmanaged<Shard>] = []
+    /// Filled once, before any shard thread starts; read-only afterwards.
+    var shards: [Shard] = [] {
+        didSet { shardRefs = shards.map { Unmanaged.passUnretained($0) } }
+    }
+
+    /// Bumped by a stopping shard each time it turns busy again; see `isQuiescent()`.
+    let activity = Atomic<UInt64>(0)
+    /// Set once the stopping reactor is quiescent (or a shard gave up waiting): every shard may exit.
+    let quiesced = Atomic<Bool>(false)
+
+    init(shardCount: Int, channelCapacity: Int) {
+        self.shardCount = shardCount
+        channels = (0..<(shardCount * shardCount)).map { _ in SPSCChannel(capacity: channelCapacity) }
+        channelRefs = channels.map { Unmanaged.passUnretained($0) }
+    }
+
+    @inline(__always)
+    func withChannel<R>(from source: Int, to target: Int, _ body: (SPSCChannel<ShardMessage>) -> R) -> R {
+        channelRefs[source &* shardCount &+ target]._withUnsafeGuaranteedRef(body)
+    }
+
+    @inline(__always)
+    func withShard<R>(_ index: Int, _ body: (Shard) -> R) -> R {
+        shardRefs[index]._withUnsafeGuaranteedRef(body)
+    }
+
+    /// Whether every shard is idle and every channel empty, with no shard turning busy during the look. A stopping
+    /// shard marks itself busy (and bumps `activity`) before it takes a message, and takes none while marked idle,
+    /// so an unchanged `activity` across the scan means nobody moved: nothing can wake the reactor again.
+    func isQuiescent() -> Bool {
+        let before = activity.load(ordering: .sequentiallyConsistent)
+        for shard in shards where !shard.idle.load(ordering: .sequentiallyConsistent) { return false }
+        for source in 0..<shardCount {
+            for target in 0..<shardCount where source != target {
+                if withChannel(from: source, to: target, { $0.hasPending() }) { return false }
+            }
+        }
+        return activity.load(ordering: .sequentiallyConsistent) == before
+    }
+
+    /// After every shard thread has exited: empties the channels and returns how many messages were left.
+    func drainLeftovers() -> Int {
+        var left = 0
+        for source in 0..<shardCount {
+            for target in 0..<shardCount where source != target {
+                left += withChannel(from: source, to: target) { $0.drain(limit: .max) { _ in } }
+            }
+        }
+        return left
+    }
+}
+
+/// A shard-bound value carried through a closure that the compiler must treat as Sendable (a cancellation handler)
+/// but that only ever touches the value after hopping back to the value's shard with `Shard.post`.
+struct ShardBound<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
