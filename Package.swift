@@ -63,11 +63,13 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
-        .target(name: "CBaselines", dependencies: ["CLibURing"], path: "Perf/CBaselines",
+        .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
+        // Interposes malloc to count allocations per operation; linked into es-perf only.
+        .target(name: "MallocCounter", path: "Perf/MallocCounter", cSettings: [.unsafeFlags(["-O2"])]),
         .executableTarget(
             name: "es-perf",
-            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines"],
+            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire"],
             path: "Perf/es-perf",
             swiftSettings: swiftSettings
         ),
@@ -76,7 +78,12 @@ let package = Package(
             dependencies: ["Reactor", "Platform", "CSupport"],
             swiftSettings: swiftSettings
         ),
+        // libFuzzer targets (Tests/Fuzz/run.sh builds them with -sanitize=fuzzer); a plain build makes replayers.
+        .executableTarget(name: "fuzz-frame-decoder", dependencies: ["Wire"], path: "Tests/Fuzz/FrameDecoder",
+                          swiftSettings: swiftSettings),
+        .executableTarget(name: "fuzz-record-batch", dependencies: ["Records"], path: "Tests/Fuzz/RecordBatch",
+                          swiftSettings: swiftSettings),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "Records"], swiftSettings: swiftSettings),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -1,6 +1,9 @@
 #include "CBaselines.h"
 
+#include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
+#include <xxhash.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -147,4 +150,41 @@ done:
     free(buf);
     close(fd);
     return rc < 0 ? rc : 0;
+}
+
+uint64_t cb_copy_and_hash(void *destination, const void *source, size_t length) {
+    memcpy(destination, source, length);
+    return XXH3_64bits(destination, length);
+}
+
+uint64_t cb_xxh3_repeat(const void *data, size_t length, uint64_t iterations) {
+    uint64_t h = 0;
+    for (uint64_t i = 0; i < iterations; i++) {
+        h ^= XXH3_64bits(data, length);
+        __asm__ volatile("" : : "r"(h) : "memory");
+    }
+    return h;
+}
+
+uint64_t cb_parse_frame_header_repeat(const void *header, uint64_t iterations) {
+    const unsigned char *b = header;
+    uint64_t acc = 0;
+    for (uint64_t i = 0; i < iterations; i++) {
+        __asm__ volatile("" : : "r"(b) : "memory");
+        uint32_t length, header_length;
+        uint16_t op;
+        uint64_t request_id, checksum;
+        memcpy(&length, b, 4);
+        length = be32toh(length);
+        if (length + 4 > (16u << 20) || length + 4 < 32) return 0;
+        if (b[4] != 0xE5 || b[5] != 1 || (b[8] & ~7u) || b[9] || b[10] || b[11]) return 0;
+        memcpy(&op, b + 6, 2);
+        memcpy(&request_id, b + 12, 8);
+        memcpy(&header_length, b + 20, 4);
+        memcpy(&checksum, b + 24, 8);
+        header_length = be32toh(header_length);
+        if (header_length > (1u << 20) || header_length > length + 4 - 32) return 0;
+        acc += be16toh(op) + be64toh(request_id) + header_length + be64toh(checksum) + b[8];
+    }
+    return acc;
 }

@@ -9,6 +9,7 @@ let usage = """
     usage: es-perf <suite> [options]
     suites:
       reactor    io_uring NOPs, job hops, cross-shard round trips, 4 KiB O_DIRECT write+fdatasync (needs fio)
+      codec      record batch encode/decode, checksum, frame header decode, allocations per decoded batch
     options:
       --dir PATH   where the write benchmark puts its 256 MiB file (default: $TMPDIR or /var/tmp); ext4 or xfs
       --quick      fewer iterations (a smoke run; figures are noisier)
@@ -40,6 +41,13 @@ case "reactor":
         try await ReactorSuite(options: options).run()
     } catch {
         FileHandle.standardError.write(Data("es-perf reactor: \(error)\n".utf8))
+        exit(1)
+    }
+case "codec":
+    do {
+        try CodecSuite(options: options).run()
+    } catch {
+        FileHandle.standardError.write(Data("es-perf codec: \(error)\n".utf8))
         exit(1)
     }
 default:

@@ -17,7 +17,7 @@ public struct RecordBatchBuilder: ~Copyable {
     /// `buffer` must hold at least the 64-byte header and the batch properties.
     public init(
         into buffer: UnsafeMutableRawBufferPointer, streamID: UInt64, rangeIndex: UInt32, baseOffset: UInt64,
-        baseTimestamp: Int64, properties: some Collection<RecordPair> = [RecordPair](),
+        baseTimestamp: Int64, properties: [RecordPair] = [],
         limits: RecordLimits = .default
     ) throws(RecordError) {
         let capacity = min(buffer.count, limits.maxBatchBytes, RecordLimits.hardMax.maxBatchBytes)
@@ -43,9 +43,7 @@ public struct RecordBatchBuilder: ~Copyable {
     /// Appends one record. `timestamp` is in milliseconds since the Unix epoch and must not be before the batch's
     /// base timestamp, nor more than 2^31 - 1 ms after it.
     public mutating func append(
-        timestamp: Int64, value: UnsafeRawBufferPointer,
-        headers: some Collection<RecordPair> = [RecordPair](),
-        properties: some Collection<RecordPair> = [RecordPair]()
+        timestamp: Int64, value: UnsafeRawBufferPointer, headers: [RecordPair] = [], properties: [RecordPair] = []
     ) throws(RecordError) {
         guard count < limits.maxRecordsPerBatch else {
             throw .limitExceeded(what: "record count", value: count + 1, limit: limits.maxRecordsPerBatch,
@@ -107,20 +105,22 @@ public struct RecordBatchBuilder: ~Copyable {
     }
 
     private static func writePairs(
-        _ pairs: some Collection<RecordPair>, into b: UnsafeMutableRawBufferPointer, at start: Int, countLimit: Int,
-        what: String, limits: RecordLimits
+        _ pairs: [RecordPair], into b: UnsafeMutableRawBufferPointer, at start: Int, countLimit: Int,
+        what: @autoclosure () -> String, limits: RecordLimits
     ) throws(RecordError) -> Int {
         guard pairs.count <= countLimit else {
-            throw .limitExceeded(what: "\(what) count", value: pairs.count, limit: countLimit, offset: start)
+            throw .limitExceeded(what: "\(what()) count", value: pairs.count, limit: countLimit, offset: start)
         }
         var position = start
-        for (index, pair) in pairs.enumerated() {
+        var index = 0
+        for pair in pairs {
+            defer { index += 1 }
             guard pair.key.count <= limits.maxKeyBytes else {
-                throw .limitExceeded(what: "\(what) \(index) key bytes", value: pair.key.count,
+                throw .limitExceeded(what: "\(what()) \(index) key bytes", value: pair.key.count,
                                      limit: limits.maxKeyBytes, offset: position)
             }
             guard pair.value.count <= limits.maxHeaderValueBytes else {
-                throw .limitExceeded(what: "\(what) \(index) value bytes", value: pair.value.count,
+                throw .limitExceeded(what: "\(what()) \(index) value bytes", value: pair.value.count,
                                      limit: limits.maxHeaderValueBytes, offset: position)
             }
             let needed = BatchLayout.pairFixed + pair.key.count + pair.value.count
@@ -130,9 +130,13 @@ public struct RecordBatchBuilder: ~Copyable {
             b.storeLE(UInt16(pair.key.count), at: position)
             b.storeLE(UInt32(pair.value.count), at: position + 2)
             var cursor = position + BatchLayout.pairFixed
-            for part in [pair.key, pair.value] where part.count > 0 {
-                (b.baseAddress! + cursor).copyMemory(from: part.baseAddress!, byteCount: part.count)
-                cursor += part.count
+            if pair.key.count > 0 {
+                (b.baseAddress! + cursor).copyMemory(from: pair.key.baseAddress!, byteCount: pair.key.count)
+                cursor += pair.key.count
+            }
+            if pair.value.count > 0 {
+                (b.baseAddress! + cursor).copyMemory(from: pair.value.baseAddress!, byteCount: pair.value.count)
+                cursor += pair.value.count
             }
             position = cursor
         }

@@ -131,7 +131,7 @@ public struct RecordBatchView {
         }
         let afterProperties = try validatePairs(
             b, at: BatchLayout.size, count: propertyCount, countLimit: limits.maxPropertiesPerRecord,
-            end: BatchLayout.size + propertiesLength, what: "batch property", limits: limits)
+            end: BatchLayout.size + propertiesLength, owner: .batchProperty, limits: limits)
         guard afterProperties == BatchLayout.size + propertiesLength else {
             throw .malformed(what: "batch properties length \(propertiesLength) disagrees with their contents",
                              offset: BatchLayout.propertiesLength)
@@ -161,10 +161,10 @@ public struct RecordBatchView {
             }
             var cursor = try validatePairs(
                 b, at: position + BatchLayout.recordFixed, count: headerCount, countLimit: limits.maxHeadersPerRecord,
-                end: end, what: "record \(index) header", limits: limits)
+                end: end, owner: .header(record: index), limits: limits)
             cursor = try validatePairs(
                 b, at: cursor, count: recordPropertyCount, countLimit: limits.maxPropertiesPerRecord, end: end,
-                what: "record \(index) property", limits: limits)
+                owner: .property(record: index), limits: limits)
             guard cursor + valueLength == end else {
                 throw .malformed(what: "record \(index) length \(length) disagrees with its contents", offset: position)
             }
@@ -180,33 +180,49 @@ public struct RecordBatchView {
         }
     }
 
+    /// Whose pairs are being checked: named in errors only, so that a valid batch costs no string.
+    enum PairOwner {
+        case batchProperty
+        case header(record: Int)
+        case property(record: Int)
+
+        var name: String {
+            switch self {
+            case .batchProperty: "batch property"
+            case .header(let record): "record \(record) header"
+            case .property(let record): "record \(record) property"
+            }
+        }
+    }
+
     /// Checks `count` pairs starting at `start` end at or before `end`; returns where they end.
     private static func validatePairs(
-        _ b: UnsafeRawBufferPointer, at start: Int, count: Int, countLimit: Int, end: Int, what: String,
+        _ b: UnsafeRawBufferPointer, at start: Int, count: Int, countLimit: Int, end: Int, owner: PairOwner,
         limits: RecordLimits
     ) throws(RecordError) -> Int {
+        let what = { owner.name }
         guard count <= countLimit else {
-            throw .limitExceeded(what: "\(what) count", value: count, limit: countLimit, offset: start)
+            throw .limitExceeded(what: "\(what()) count", value: count, limit: countLimit, offset: start)
         }
         var position = start
         for index in 0..<count {
             guard end - position >= BatchLayout.pairFixed else {
-                throw .truncated(field: "\(what) \(index)", offset: position, needed: BatchLayout.pairFixed,
+                throw .truncated(field: "\(what()) \(index)", offset: position, needed: BatchLayout.pairFixed,
                                  available: max(0, end - position))
             }
             let keyLength = Int(b.le(position, as: UInt16.self))
             let valueLength = Int(b.le(position + 2, as: UInt32.self))
             guard keyLength <= limits.maxKeyBytes else {
-                throw .limitExceeded(what: "\(what) \(index) key bytes", value: keyLength, limit: limits.maxKeyBytes,
+                throw .limitExceeded(what: "\(what()) \(index) key bytes", value: keyLength, limit: limits.maxKeyBytes,
                                      offset: position)
             }
             guard valueLength <= limits.maxHeaderValueBytes else {
-                throw .limitExceeded(what: "\(what) \(index) value bytes", value: valueLength,
+                throw .limitExceeded(what: "\(what()) \(index) value bytes", value: valueLength,
                                      limit: limits.maxHeaderValueBytes, offset: position + 2)
             }
             let next = position + BatchLayout.pairFixed + keyLength + valueLength
             guard next <= end else {
-                throw .truncated(field: "\(what) \(index)", offset: position, needed: next - position,
+                throw .truncated(field: "\(what()) \(index)", offset: position, needed: next - position,
                                  available: end - position)
             }
             position = next

@@ -1,3 +1,4 @@
+import CSupport
 import Records
 import SwiftProtobuf
 import Testing
@@ -188,5 +189,18 @@ func decodeAll(_ bytes: [UInt8], splits: [Int], limits: FrameLimits = .default, 
         #expect(throws: WireError.encodeTooLarge(bytes: 2032, limit: 1024)) {
             _ = try frame.encoded(limits: FrameLimits(maxFrameBytes: 1024, maxHeaderBytes: 100))
         }
+    }
+}
+
+@Suite struct RangeRoutingTests {
+    @Test func routingHashesTheTwelveLittleEndianBytes() {
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: UInt64(0x0102_0304_0506_0708).littleEndian) { bytes += $0 }
+        withUnsafeBytes(of: UInt32(9).littleEndian) { bytes += $0 }
+        let expected = bytes.withUnsafeBytes { cs_xxh3_64($0.baseAddress, 12, 0) }
+        #expect(RangeRouting.hash(streamID: 0x0102_0304_0506_0708, rangeIndex: 9) == expected)
+        // Ranges spread over shards.
+        let shards = Set((0..<64).map { RangeRouting.shard(streamID: 1, rangeIndex: UInt32($0), shardCount: 4) })
+        #expect(shards == [0, 1, 2, 3])
     }
 }
