@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "Platform", targets: ["Platform"]),
         .library(name: "Records", targets: ["Records"]),
         .library(name: "Wire", targets: ["Wire"]),
+        .library(name: "Store", targets: ["Store"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
     ],
     dependencies: [
@@ -62,6 +63,9 @@ let package = Package(
             exclude: ["Proto"],
             swiftSettings: swiftSettings
         ),
+        // The shard-local store: write-ahead log with group commit and crash recovery.
+        .target(name: "Store", dependencies: ["Reactor", "Platform", "Records", "CSupport"],
+                swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
@@ -84,6 +88,8 @@ let package = Package(
         .executableTarget(name: "fuzz-record-batch", dependencies: ["Records"], path: "Tests/Fuzz/RecordBatch",
                           swiftSettings: swiftSettings),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport"],
+                    swiftSettings: swiftSettings),
         .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -1,0 +1,255 @@
+import CSupport
+import Foundation
+import Platform
+import Reactor
+
+/// One entry found by recovery. `payload` is valid only during the call that receives it.
+public struct RecoveredEntry {
+    public let kind: WALEntryKind
+    public let position: UInt64
+    public let payload: UnsafeRawBufferPointer
+}
+
+/// A shard's write-ahead log: fixed-size preallocated segment files written with O_DIRECT in whole blocks, with
+/// group commit. Every append that arrives while a flush is in progress goes into the next flush, and one write
+/// plus one fdatasync (or one RWF_DSYNC write) makes them all durable at once. Shard-bound: use it only on the shard
+/// whose context opened it.
+public final class WriteAheadLog {
+    public let configuration: WALConfiguration
+    let context: ShardContext
+    private var segments: [Int: File] = [:]
+
+    /// Where the flush after the last one started writes (block-aligned).
+    private var nextFlushPosition: UInt64
+    /// What the next flush records as `previous_flush_end`: where the last flush started (not completed) ends.
+    private var nextFillPreviousEnd: UInt64
+
+    // The buffer appends are copied into, and the one being written.
+    private var filling: UnsafeMutableRawBufferPointer
+    private var writing: UnsafeMutableRawBufferPointer
+    private var fillBase: UInt64?
+    private var fillPreviousEnd: UInt64 = 0
+    private var fillLimit = 0
+    private var fillOffset = 0
+    private var fillWaiters: [UnsafeContinuation<Result<Void, StoreError>, Never>] = []
+    private var spaceWaiters: [UnsafeContinuation<Void, Never>] = []
+    private var flushing = false
+    private var flushScheduled = false
+    private var failure: StoreError?
+
+    /// Flushes completed since open (group commit makes this much smaller than the number of appends).
+    public private(set) var flushCount = 0
+    /// The WAL position up to which everything is durable.
+    public private(set) var durablePosition: UInt64
+
+    private init(configuration: WALConfiguration, context: ShardContext, tail: UInt64) {
+        self.configuration = configuration
+        self.context = context
+        nextFlushPosition = tail
+        nextFillPreviousEnd = tail
+        durablePosition = tail
+        filling = .allocate(byteCount: configuration.maxFlushBytes, alignment: WALEntryLayout.blockSize)
+        writing = .allocate(byteCount: configuration.maxFlushBytes, alignment: WALEntryLayout.blockSize)
+    }
+
+    deinit {
+        filling.deallocate()
+        writing.deallocate()
+    }
+
+    var segmentSize: UInt64 { UInt64(configuration.segmentSizeBytes) }
+
+    func segmentPath(_ index: Int) -> String {
+        "\(configuration.directory)/segment-\(String(format: "%08d", index)).wal"
+    }
+
+    // MARK: - Open and recover
+
+    /// Opens the log in `configuration.directory`, replaying every valid entry in order through `replay`, and makes
+    /// it ready to append after the last one. A torn last write is discarded (and its block rewritten); an invalid
+    /// entry followed by a later valid flush is corruption, reported with its file and position.
+    public static func open(
+        _ configuration: WALConfiguration, on context: ShardContext,
+        replay: (RecoveredEntry) throws(StoreError) -> Void
+    ) async throws(StoreError) -> WriteAheadLog {
+        try configuration.validate()
+        do {
+            try FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
+        } catch {
+            throw .io(IOError(.open, .system(errno: EACCES), target: configuration.directory))
+        }
+        var recovery = Recovery(configuration: configuration, context: context)
+        let result = try await recovery.run(replay)
+        let log = WriteAheadLog(configuration: configuration, context: context, tail: result.nextPosition)
+        log.nextFillPreviousEnd = result.previousFlushEnd
+        log.durablePosition = result.nextPosition
+        for (index, file) in recovery.openFiles { log.segments[index] = file }
+        return log
+    }
+
+    // MARK: - Append
+
+    /// Appends one entry and returns its WAL position once it is durable. Waits while the next flush is full or
+    /// `maxWaitingAppends` appends already wait. After a failed write the log refuses every append (`walFailed`).
+    public func append(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer) async throws(StoreError) -> UInt64 {
+        guard payload.count <= configuration.maxEntryPayloadBytes else {
+            throw .entryTooLarge(bytes: payload.count, limit: configuration.maxEntryPayloadBytes)
+        }
+        let size = WALEntryLayout.headerSize + payload.count
+        while true {
+            if let failure { throw .walFailed("\(failure)") }
+            if fillBase == nil { startFilling(size) }
+            if WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit
+                && fillWaiters.count < configuration.maxWaitingAppends
+            {
+                break
+            }
+            await withUnsafeContinuation { spaceWaiters.append($0) }
+        }
+        let base = fillBase!
+        let offset = fillOffset
+        WALEntryLayout.write(kind: kind, payload: payload, previousFlushEnd: fillPreviousEnd, into: filling,
+                             at: offset, base: base)
+        fillOffset += size
+        if !flushing && !flushScheduled {
+            // Flush at the end of this loop turn, so that appends made in the same turn share the write.
+            flushScheduled = true
+            let log = ShardLocal(self)
+            context.shard.post { log.value.flush() }
+        }
+        let result = await withUnsafeContinuation { fillWaiters.append($0) }
+        if case .failure(let error) = result { throw error }
+        return base + UInt64(offset)
+    }
+
+    /// Places the filling buffer at the next flush position, or at the next segment when the entry cannot fit in
+    /// what remains of the current one.
+    private func startFilling(_ size: Int) {
+        var base = nextFlushPosition
+        let inSegment = Int(base % segmentSize)
+        if WALEntryLayout.paddedEnd(size) > configuration.segmentSizeBytes - inSegment {
+            base = (base / segmentSize + 1) * segmentSize
+        }
+        fillBase = base
+        fillPreviousEnd = nextFillPreviousEnd
+        fillLimit = min(configuration.maxFlushBytes, configuration.segmentSizeBytes - Int(base % segmentSize))
+        fillOffset = 0
+    }
+
+    private func flush() {
+        flushScheduled = false
+        guard !flushing, fillOffset > 0, let base = fillBase else { return }
+        flushing = true
+        let end = WALEntryLayout.paddedEnd(fillOffset)
+        if end > fillOffset {
+            WALEntryLayout.writePadding(into: filling, from: fillOffset, to: end, base: base,
+                                        previousFlushEnd: fillPreviousEnd)
+        }
+        let waiters = fillWaiters
+        fillWaiters = []
+        swap(&filling, &writing)
+        fillBase = nil
+        fillOffset = 0
+        nextFlushPosition = base + UInt64(end)
+        nextFillPreviousEnd = base + UInt64(end)
+        // Appenders waiting for room can fill the other buffer while this one is written.
+        let woken = spaceWaiters
+        spaceWaiters = []
+        for waiter in woken { waiter.resume() }
+
+        let log = ShardLocal(self)
+        context.spawn {
+            let result = await log.value.write(base: base, length: end)
+            log.value.finishFlush(result, end: base + UInt64(end), waiters: waiters)
+        }
+    }
+
+    private func write(base: UInt64, length: Int) async -> Result<Void, StoreError> {
+        do {
+            let file = try await segment(Int(base / segmentSize))
+            let offset = base % segmentSize
+            let data = UnsafeRawBufferPointer(rebasing: writing[..<length])
+            switch configuration.durability {
+            case .fdatasync:
+                _ = try await file.write(data, at: offset, durable: false)
+                try await file.sync()
+            case .dsyncWrite:
+                _ = try await file.write(data, at: offset, durable: true)
+            }
+            return .success(())
+        } catch let error as StoreError {
+            return .failure(error)
+        } catch let error as IOError {
+            return .failure(.io(error))
+        } catch {
+            return .failure(.walFailed("\(error)"))
+        }
+    }
+
+    private func finishFlush(_ result: Result<Void, StoreError>, end: UInt64,
+                             waiters: [UnsafeContinuation<Result<Void, StoreError>, Never>]) {
+        flushing = false
+        switch result {
+        case .success:
+            flushCount += 1
+            durablePosition = end
+            for waiter in waiters { waiter.resume(returning: .success(())) }
+            if fillOffset > 0 { flush() }
+        case .failure(let error):
+            // What this flush carried is not durable, and later flushes could not be told apart from it after a
+            // crash: stop the log. Everyone waiting gets the error; the appends were not acknowledged.
+            failure = error
+            for waiter in waiters { waiter.resume(returning: .failure(error)) }
+            let pending = fillWaiters
+            fillWaiters = []
+            for waiter in pending { waiter.resume(returning: .failure(.walFailed("\(error)"))) }
+            let woken = spaceWaiters
+            spaceWaiters = []
+            for waiter in woken { waiter.resume() }
+        }
+    }
+
+    /// The segment file `index`, created and fully written with zeros first if it does not exist, so that later
+    /// writes overwrite allocated blocks (about twice as fast here as extending a file).
+    func segment(_ index: Int) async throws(StoreError) -> File {
+        if let file = segments[index] { return file }
+        let path = segmentPath(index)
+        do {
+            let exists = FileManager.default.fileExists(atPath: path)
+            let file = try await context.open(path, options: FileOpenOptions(create: true))
+            if !exists || (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) != configuration.segmentSizeBytes {
+                try await file.allocate(at: 0, length: segmentSize)
+                let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+                defer { zeros.deallocate() }
+                zeros.initializeMemory(as: UInt8.self, repeating: 0)
+                var offset = 0
+                while offset < configuration.segmentSizeBytes {
+                    let n = min(zeros.count, configuration.segmentSizeBytes - offset)
+                    offset += try await file.write(UnsafeRawBufferPointer(rebasing: zeros[..<n]), at: UInt64(offset))
+                }
+                try await file.fullSync()
+            }
+            segments[index] = file
+            return file
+        } catch {
+            throw .io(error)
+        }
+    }
+
+    /// Waits for the flush in progress, then closes every segment file.
+    public func close() async {
+        while flushing || fillOffset > 0 {
+            if !flushing { flush() }
+            try? await context.sleep(for: .microseconds(100))
+        }
+        for (_, file) in segments { try? await file.close() }
+        segments = [:]
+    }
+}
+
+/// A shard-bound value carried through a closure the compiler must treat as Sendable; it is only used on the shard
+/// that made it (the closures run there: `Shard.post`, `ShardContext.spawn`).
+struct ShardLocal<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
