@@ -11,6 +11,9 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The WAL stopped after a write failure: nothing more is accepted until it is reopened.
     case walFailed(String)
     case invalidConfiguration(String)
+    case rangeNotFound(RangeKey)
+    /// A request contradicts the range's state (created with another start, sealed at another end).
+    case rangeConflict(key: RangeKey, detail: String)
 
     public var description: String {
         switch self {
@@ -20,6 +23,8 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         case .entryTooLarge(let bytes, let limit): return "WAL entry of \(bytes) bytes is over the limit of \(limit)"
         case .walFailed(let why): return "the WAL stopped accepting writes: \(why)"
         case .invalidConfiguration(let why): return "invalid store configuration: \(why)"
+        case .rangeNotFound(let key): return "no replica of \(key) on this shard"
+        case .rangeConflict(let key, let detail): return "\(key): \(detail)"
         }
     }
 }

@@ -236,6 +236,36 @@ public final class WriteAheadLog {
         }
     }
 
+    /// Reads `length` bytes at WAL position `position` (an entry's payload) back from disk.
+    public func read(at position: UInt64, length: Int) async throws(StoreError) -> [UInt8] {
+        let block = UInt64(WALEntryLayout.blockSize)
+        let index = Int(position / segmentSize)
+        let offset = position % segmentSize
+        let start = offset / block * block
+        let end = (offset + UInt64(length) + block - 1) / block * block
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(end - start), alignment: Int(block))
+        defer { buffer.deallocate() }
+        do {
+            let file = try await segment(index)
+            var done = 0
+            while done < buffer.count {
+                let n = try await file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]),
+                                            at: start + UInt64(done))
+                if n == 0 { throw StoreError.corruption(file: segmentPath(index), position: start + UInt64(done),
+                                                        detail: "segment shorter than expected") }
+                done += n
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch let error as IOError {
+            throw .io(error)
+        } catch {
+            throw .walFailed("\(error)")
+        }
+        let from = Int(offset - start)
+        return Array(buffer[from..<(from + length)])
+    }
+
     /// Waits for the flush in progress, then closes every segment file.
     public func close() async {
         while flushing || fillOffset > 0 {

@@ -1,0 +1,86 @@
+/// Where one batch of a range lives in the WAL.
+struct BatchLocation {
+    let baseOffset: UInt64
+    let endOffset: UInt64
+    /// WAL position of the batch bytes (the entry's payload).
+    let payloadPosition: UInt64
+    let length: Int
+    let maxTimestamp: Int64
+}
+
+/// A range replica's state and its index: batches in offset order, each with its WAL position, and the running
+/// maximum of their timestamps (non-decreasing, so "first record at or after T" is a binary search).
+final class RangeReplica {
+    let key: RangeKey
+    /// The start the range was created with (trims move `start`, not this).
+    let createdStart: UInt64
+    private(set) var start: UInt64
+    /// Every record below is durable.
+    private(set) var confirmedEnd: UInt64
+    /// `confirmedEnd` plus the appends in flight.
+    var pendingEnd: UInt64
+    var sealedEnd: UInt64?
+    private(set) var batches: [BatchLocation] = []
+    private var runningMaxTimestamp: [Int64] = []
+    private var settleWaiters: [UnsafeContinuation<Void, Never>] = []
+
+    init(key: RangeKey, start: UInt64) {
+        self.key = key
+        self.createdStart = start
+        self.start = start
+        confirmedEnd = start
+        pendingEnd = start
+    }
+
+    func add(_ location: BatchLocation) {
+        precondition(location.baseOffset == confirmedEnd, "batch at \(location.baseOffset), end is \(confirmedEnd)")
+        batches.append(location)
+        runningMaxTimestamp.append(max(runningMaxTimestamp.last ?? .min, location.maxTimestamp))
+        confirmedEnd = location.endOffset
+        if pendingEnd < confirmedEnd { pendingEnd = confirmedEnd }
+    }
+
+    /// Wakes sealers once no append is in flight.
+    func settled() {
+        guard pendingEnd == confirmedEnd, !settleWaiters.isEmpty else { return }
+        let waiters = settleWaiters
+        settleWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func waitUntilSettled() async {
+        while pendingEnd != confirmedEnd {
+            await withUnsafeContinuation { settleWaiters.append($0) }
+        }
+    }
+
+    func trim(below offset: UInt64) {
+        // Keep the batch holding `offset`: trims land on batch boundaries.
+        let keep = batches.firstIndex { $0.endOffset > offset } ?? batches.count
+        batches.removeFirst(keep)
+        runningMaxTimestamp.removeFirst(keep)
+        start = max(start, batches.first?.baseOffset ?? min(offset, confirmedEnd))
+    }
+
+    /// Index of the first batch whose end is past `offset`.
+    func firstBatch(containingOrAfter offset: UInt64) -> Int {
+        var low = 0
+        var high = batches.count
+        while low < high {
+            let mid = (low + high) / 2
+            if batches[mid].endOffset <= offset { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+
+    /// Index of the first batch that holds a record at or after `timestamp`.
+    func firstBatch(withMaxTimestampAtLeast timestamp: Int64) -> Int {
+        var low = 0
+        var high = runningMaxTimestamp.count
+        while low < high {
+            let mid = (low + high) / 2
+            if runningMaxTimestamp[mid] < timestamp { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+}
