@@ -88,6 +88,9 @@ let package = Package(
         .executableTarget(name: "fuzz-record-batch", dependencies: ["Records"], path: "Tests/Fuzz/RecordBatch",
                           swiftSettings: swiftSettings),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport"], swiftSettings: swiftSettings),
+        // The child process of the store's crash tests: appends until killed.
+        .executableTarget(name: "store-crash-child", dependencies: ["Store", "Reactor", "Records"],
+                          path: "Tests/StoreCrash", swiftSettings: swiftSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport"], swiftSettings: swiftSettings),

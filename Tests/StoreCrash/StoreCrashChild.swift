@@ -1,0 +1,75 @@
+// The child process of the store's crash tests (Tests/StoreTests/CrashTests.swift): opens a store in the directory
+// given, appends batches to one range with several appends in flight, and prints `ACK <end>` for every append
+// acknowledged as durable, until it is killed. Batch contents are a function of their offsets, so the parent can
+// check every byte after recovery.
+import Foundation
+import Reactor
+import Records
+import Store
+
+/// The value of the record at `offset`.
+func crashTestValue(_ offset: UInt64) -> [UInt8] {
+    let text = Array("record \(offset);".utf8)
+    return Array((0..<(Int(offset % 97) + 1)).map { text[$0 % text.count] })
+}
+
+func crashTestBatch(_ key: RangeKey, _ offset: UInt64, count: Int) throws -> [UInt8] {
+    try RecordBatch(
+        streamID: key.streamID, rangeIndex: key.index, baseOffset: offset, baseTimestamp: Int64(offset),
+        records: (0..<count).map { i in
+            Record(timestamp: Int64(offset) + Int64(i), value: crashTestValue(offset + UInt64(i)))
+        }
+    ).encoded()
+}
+
+func say(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+}
+
+struct Unchecked<T>: @unchecked Sendable {
+    let value: T
+}
+
+@main
+struct StoreCrashChild {
+    static func main() async throws {
+        guard CommandLine.arguments.count == 2 else {
+            FileHandle.standardError.write(Data("usage: store-crash-child DIRECTORY\n".utf8))
+            exit(2)
+        }
+        let directory = CommandLine.arguments[1]
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        let key = RangeKey(streamID: 42, index: 0)
+        _ = try await reactor.run(on: 0) { context -> Int in
+            let configuration = StoreConfiguration(
+                wal: WALConfiguration(directory: directory, segmentSizeBytes: 256 << 10, maxFlushBytes: 32 << 10))
+            let store = Unchecked(value: try await ShardStore.open(configuration, on: context))
+            try await store.value.createRange(key, start: 0)
+            var next = store.value.describe(key)!.confirmedEnd
+            say("START \(next)")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var inFlight = 0
+                while true {
+                    let count = Int(next % 7) + 1
+                    let bytes = try crashTestBatch(key, next, count: count)
+                    next += UInt64(count)
+                    group.addTask {
+                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+                        defer { buffer.deallocate() }
+                        buffer.copyBytes(from: bytes)
+                        let view = try RecordBatchView(validating: UnsafeRawBufferPointer(buffer))
+                        let outcome = try await store.value.append(view)
+                        if case .committed(let end) = outcome { say("ACK \(end)") }
+                    }
+                    inFlight += 1
+                    if inFlight >= 8 {
+                        try await group.next()
+                        inFlight -= 1
+                    }
+                }
+            }
+            return 0  // not reached: the child runs until it is killed
+        }
+    }
+}
