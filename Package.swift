@@ -73,7 +73,7 @@ let package = Package(
         .target(name: "MallocCounter", path: "Perf/MallocCounter", cSettings: [.unsafeFlags(["-O2"])]),
         .executableTarget(
             name: "es-perf",
-            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire"],
+            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire", "Store"],
             path: "Perf/es-perf",
             swiftSettings: swiftSettings
         ),

@@ -10,6 +10,7 @@ let usage = """
     suites:
       reactor    io_uring NOPs, job hops, cross-shard round trips, 4 KiB O_DIRECT write+fdatasync (needs fio)
       codec      record batch encode/decode, checksum, frame header decode, allocations per decoded batch
+      store      WAL appends (QD1, 64 appenders), hot and warm reads, recovery time (needs fio)
     options:
       --dir PATH   where the write benchmark puts its 256 MiB file (default: $TMPDIR or /var/tmp); ext4 or xfs
       --quick      fewer iterations (a smoke run; figures are noisier)
@@ -41,6 +42,13 @@ case "reactor":
         try await ReactorSuite(options: options).run()
     } catch {
         FileHandle.standardError.write(Data("es-perf reactor: \(error)\n".utf8))
+        exit(1)
+    }
+case "store":
+    do {
+        try await StoreSuite(options: options).run()
+    } catch {
+        FileHandle.standardError.write(Data("es-perf store: \(error)\n".utf8))
         exit(1)
     }
 case "codec":

@@ -50,7 +50,9 @@ final class RangeReplica {
 
     func waitUntilSettled() async {
         while pendingEnd != confirmedEnd {
-            await withUnsafeContinuation { settleWaiters.append($0) }
+            await withUnsafeContinuation { continuation in
+                if pendingEnd == confirmedEnd { continuation.resume() } else { settleWaiters.append(continuation) }
+            }
         }
     }
 

@@ -33,6 +33,9 @@ public final class ShardStore {
         return ShardStore(configuration: configuration, context: context, wal: wal, ranges: ranges)
     }
 
+    /// Bytes of WAL written so far (its durable end position).
+    public var walBytes: UInt64 { wal.durablePosition }
+
     public func close() async {
         await wal.close()
     }

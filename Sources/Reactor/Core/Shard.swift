@@ -204,8 +204,13 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     func waitForRoom(to target: Int) async {
         while !channelHasRoom(to: target) {
             await withUnsafeContinuation { continuation in
-                channelWaiters[target].append(continuation)
-                channelWaiterCount += 1
+                // Checked again here: the await may have hopped, and room may have appeared meanwhile.
+                if channelHasRoom(to: target) {
+                    continuation.resume()
+                } else {
+                    channelWaiters[target].append(continuation)
+                    channelWaiterCount += 1
+                }
             }
         }
     }
@@ -249,14 +254,27 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         _ operation: IOOperation, target: @autoclosure () -> String, offloaded: Bool = false,
         _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
     ) async throws(IOError) -> Int32 {
-        let userData = try startRequest(operation, target: target(), offloaded: offloaded, prepare)
+        // The request is prepared and its waiter set inside the continuation's body, which runs on this shard with
+        // no suspension in between: the await itself may hop, and a completion reaped during a hop would find no
+        // waiter and be lost.
+        let request = PendingRequest()
         let result = await withTaskCancellationHandler {
-            await withUnsafeContinuation { continuation in
-                completions.setWaiter(userData, .continuation(continuation))
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Int32, Never>) in
+                do throws(IOError) {
+                    let userData = try startRequest(operation, target: target(), offloaded: offloaded, prepare)
+                    completions.setWaiter(userData, .continuation(continuation))
+                    request.userData = userData
+                } catch {
+                    request.error = error
+                    continuation.resume(returning: 0)
+                }
             }
         } onCancel: {
-            self.post { self.cancel(userData) }
+            self.post {
+                if let userData = request.userData { self.cancel(userData) }
+            }
         }
+        if let error = request.error { throw error }
         if result < 0 {
             if result == -ECANCELED { throw IOError(operation, .cancelled, target: target()) }
             throw IOError(operation, .system(errno: -result), target: target())
@@ -309,4 +327,11 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         }
         logger.error("could not queue a control request: the submission queue stays full")
     }
+}
+
+/// A request's user data (or the error that kept it from starting), written inside the continuation's body and
+/// read by the cancellation handler once it has hopped back to the shard: only that shard touches it.
+final class PendingRequest: @unchecked Sendable {
+    var userData: UInt64?
+    var error: IOError?
 }

@@ -172,7 +172,14 @@ public final class TCPListener: ShardListener, MultishotHandler {
             if Task.isCancelled { throw IOError(.accept, .cancelled, target: "\(host):\(port)") }
             precondition(waiter == nil, "only one task may wait in accept() at a time")
             await withTaskCancellationHandler {
-                await withUnsafeContinuation { waiter = $0 }
+                await withUnsafeContinuation { continuation in
+                    // Checked again here: the await may have hopped while a connection arrived.
+                    if !ready.isEmpty || failure != nil || closed || Task.isCancelled {
+                        continuation.resume()
+                    } else {
+                        waiter = continuation
+                    }
+                }
             } onCancel: { [shard, listener = ShardBound(self)] in
                 // Wake the waiter on its shard; it sees the cancellation and throws.
                 shard.post { listener.value.wakeWaiter() }

@@ -112,7 +112,14 @@ public final class BufferPool {
             let shard = self.shard
             let pool = ShardBound(self)
             await withTaskCancellationHandler {
-                await withUnsafeContinuation { waiters.append((id, $0)) }
+                await withUnsafeContinuation { continuation in
+                    // Checked again here: the await may have hopped while a buffer came back.
+                    if !free.isEmpty || retired || Task.isCancelled {
+                        continuation.resume()
+                    } else {
+                        waiters.append((id, continuation))
+                    }
+                }
             } onCancel: {
                 shard.post { pool.value.resumeWaiter(id) }
             }

@@ -31,8 +31,8 @@ public final class WriteAheadLog {
     private var fillPreviousEnd: UInt64 = 0
     private var fillLimit = 0
     private var fillOffset = 0
-    private var fillWaiters: [UnsafeContinuation<Result<Void, StoreError>, Never>] = []
-    private var spaceWaiters: [UnsafeContinuation<Void, Never>] = []
+    private var fillWaiters: [UnsafeContinuation<AppendWake, Never>] = []
+    private var spaceWaiters: [UnsafeContinuation<AppendWake, Never>] = []
     private var flushing = false
     private var flushScheduled = false
     private var failure: StoreError?
@@ -98,28 +98,37 @@ public final class WriteAheadLog {
         let size = WALEntryLayout.headerSize + payload.count
         while true {
             if let failure { throw .walFailed("\(failure)") }
-            if fillBase == nil { startFilling(size) }
-            if WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit
-                && fillWaiters.count < configuration.maxWaitingAppends
-            {
-                break
+            var position: UInt64 = 0
+            // Placing the entry, registering its waiter and scheduling the flush happen in the continuation's body,
+            // with no suspension between them: the await itself may hop, and a flush that ran in between would
+            // carry the entry without its waiter.
+            let wake = await withUnsafeContinuation { (continuation: UnsafeContinuation<AppendWake, Never>) in
+                if failure != nil { return continuation.resume(returning: .retry) }
+                if fillBase == nil { startFilling(size) }
+                guard WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit,
+                      fillWaiters.count < configuration.maxWaitingAppends
+                else {
+                    spaceWaiters.append(continuation)
+                    return
+                }
+                position = fillBase! + UInt64(fillOffset)
+                WALEntryLayout.write(kind: kind, payload: payload, previousFlushEnd: fillPreviousEnd, into: filling,
+                                     at: fillOffset, base: fillBase!)
+                fillOffset += size
+                fillWaiters.append(continuation)
+                if !flushing && !flushScheduled {
+                    // Flush at the end of this loop turn, so that appends made in the same turn share the write.
+                    flushScheduled = true
+                    let log = ShardLocal(self)
+                    context.shard.post { log.value.flush() }
+                }
             }
-            await withUnsafeContinuation { spaceWaiters.append($0) }
+            switch wake {
+            case .retry: continue
+            case .done(.success): return position
+            case .done(.failure(let error)): throw error
+            }
         }
-        let base = fillBase!
-        let offset = fillOffset
-        WALEntryLayout.write(kind: kind, payload: payload, previousFlushEnd: fillPreviousEnd, into: filling,
-                             at: offset, base: base)
-        fillOffset += size
-        if !flushing && !flushScheduled {
-            // Flush at the end of this loop turn, so that appends made in the same turn share the write.
-            flushScheduled = true
-            let log = ShardLocal(self)
-            context.shard.post { log.value.flush() }
-        }
-        let result = await withUnsafeContinuation { fillWaiters.append($0) }
-        if case .failure(let error) = result { throw error }
-        return base + UInt64(offset)
     }
 
     /// Places the filling buffer at the next flush position, or at the next segment when the entry cannot fit in
@@ -155,7 +164,7 @@ public final class WriteAheadLog {
         // Appenders waiting for room can fill the other buffer while this one is written.
         let woken = spaceWaiters
         spaceWaiters = []
-        for waiter in woken { waiter.resume() }
+        for waiter in woken { waiter.resume(returning: .retry) }
 
         let log = ShardLocal(self)
         context.spawn {
@@ -187,25 +196,25 @@ public final class WriteAheadLog {
     }
 
     private func finishFlush(_ result: Result<Void, StoreError>, end: UInt64,
-                             waiters: [UnsafeContinuation<Result<Void, StoreError>, Never>]) {
+                             waiters: [UnsafeContinuation<AppendWake, Never>]) {
         flushing = false
         switch result {
         case .success:
             flushCount += 1
             durablePosition = end
-            for waiter in waiters { waiter.resume(returning: .success(())) }
+            for waiter in waiters { waiter.resume(returning: .done(.success(()))) }
             if fillOffset > 0 { flush() }
         case .failure(let error):
             // What this flush carried is not durable, and later flushes could not be told apart from it after a
             // crash: stop the log. Everyone waiting gets the error; the appends were not acknowledged.
             failure = error
-            for waiter in waiters { waiter.resume(returning: .failure(error)) }
+            for waiter in waiters { waiter.resume(returning: .done(.failure(error))) }
             let pending = fillWaiters
             fillWaiters = []
-            for waiter in pending { waiter.resume(returning: .failure(.walFailed("\(error)"))) }
+            for waiter in pending { waiter.resume(returning: .done(.failure(.walFailed("\(error)")))) }
             let woken = spaceWaiters
             spaceWaiters = []
-            for waiter in woken { waiter.resume() }
+            for waiter in woken { waiter.resume(returning: .retry) }
         }
     }
 
@@ -275,6 +284,12 @@ public final class WriteAheadLog {
         for (_, file) in segments { try? await file.close() }
         segments = [:]
     }
+}
+
+/// Why an appender wakes: to look for room again, or because its flush finished.
+enum AppendWake {
+    case retry
+    case done(Result<Void, StoreError>)
 }
 
 /// A shard-bound value carried through a closure the compiler must treat as Sendable; it is only used on the shard
