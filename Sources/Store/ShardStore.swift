@@ -137,16 +137,48 @@ public final class ShardStore {
         onShard()
         guard let range = ranges[key] else { throw .rangeNotFound(key) }
         let limit = min(range.confirmedEnd, range.sealedEnd ?? .max)
-        var result: [[UInt8]] = []
+        var locations: [BatchLocation] = []
         var bytes = 0
         var index = range.firstBatch(containingOrAfter: offset)
         while index < range.batches.count {
             let location = range.batches[index]
             if location.baseOffset >= limit { break }
-            if !result.isEmpty && bytes + location.length > maxBytes { break }
-            result.append(try await batchBytes(key, location))
+            if !locations.isEmpty && bytes + location.length > maxBytes { break }
+            locations.append(location)
             bytes += location.length
             index += 1
+        }
+        // Cached batches come from memory; runs of the others that sit together in one segment are read from disk
+        // in one request.
+        var result: [[UInt8]] = []
+        result.reserveCapacity(locations.count)
+        var position = 0
+        while position < locations.count {
+            if let cached = cache.lookup(range: key, baseOffset: locations[position].baseOffset) {
+                result.append(cached)
+                position += 1
+                continue
+            }
+            var end = position + 1
+            let segment = locations[position].payloadPosition / UInt64(configuration.wal.segmentSizeBytes)
+            while end < locations.count,
+                  cache.lookup(range: key, baseOffset: locations[end].baseOffset) == nil,
+                  locations[end].payloadPosition / UInt64(configuration.wal.segmentSizeBytes) == segment,
+                  locations[end].payloadPosition + UInt64(locations[end].length)
+                      - locations[position].payloadPosition <= UInt64(4 << 20)
+            {
+                end += 1
+            }
+            let first = locations[position].payloadPosition
+            let span = try await wal.read(
+                at: first, length: Int(locations[end - 1].payloadPosition + UInt64(locations[end - 1].length) - first))
+            for location in locations[position..<end] {
+                let from = Int(location.payloadPosition - first)
+                let batch = Array(span[from..<(from + location.length)])
+                try check(batch, key, location)
+                result.append(batch)
+            }
+            position = end
         }
         return result
     }
@@ -172,12 +204,17 @@ public final class ShardStore {
     private func batchBytes(_ key: RangeKey, _ location: BatchLocation) async throws(StoreError) -> [UInt8] {
         if let cached = cache.lookup(range: key, baseOffset: location.baseOffset) { return cached }
         let bytes = try await wal.read(at: location.payloadPosition, length: location.length)
+        try check(bytes, key, location)
+        return bytes
+    }
+
+    /// A batch read back from disk must pass its own checksum: never hand out altered bytes.
+    private func check(_ bytes: [UInt8], _ key: RangeKey, _ location: BatchLocation) throws(StoreError) {
         let valid = bytes.withUnsafeBytes { raw in (try? RecordBatchView(validating: raw)) != nil }
         guard valid else {
             throw .corruption(file: "WAL", position: location.payloadPosition,
                               detail: "batch at offset \(location.baseOffset) of \(key) fails its checks")
         }
-        return bytes
     }
 
     // MARK: - WAL records

@@ -132,14 +132,16 @@ struct Recovery {
     }
 
     /// After a bad entry at `offset`: any valid entry further on in the segment that belongs to a later flush proves
-    /// corruption.
+    /// corruption. Flushes are contiguous within a segment, so if any later flush exists, the one right after the
+    /// bad entry's flush does, and it starts within one flush's length of the bad entry: no need to look further.
     private mutating func checkNothingLaterIn(_ file: File, index: Int, after offset: Int, window: inout Window)
         async throws(StoreError)
     {
         let base = UInt64(index) * segmentSize
         let block = WALEntryLayout.blockSize
         var candidate = (offset / block + 1) * block
-        while candidate < configuration.segmentSizeBytes {
+        let last = min(configuration.segmentSizeBytes, offset + configuration.maxFlushBytes + block)
+        while candidate < last {
             try await cover(&window, candidate, in: file)
             if let header = WALEntryLayout.validate(window.bytes, at: candidate - window.start,
                                                     base: base + UInt64(window.start), maxPayload: maxPayload),
