@@ -225,7 +225,9 @@ func overwrite(_ path: String, at offset: UInt64, with bytes: [UInt8]) throws {
             }
             // Recycle segment 0 as segment 1 (old bytes, new positions) and start over with a zeroed segment 0.
             let zero = "\(directory)/segment-00000000.wal"
-            try FileManager.default.moveItem(atPath: zero, toPath: "\(directory)/segment-00000001.wal")
+            let one = "\(directory)/segment-00000001.wal"
+            try? FileManager.default.removeItem(atPath: one)  // prepared ahead of need, still zeros
+            try FileManager.default.moveItem(atPath: zero, toPath: one)
             try Data(count: configuration.segmentSizeBytes).write(to: URL(fileURLWithPath: zero))
             let (recovered, _) = try await withLog(reactor, configuration) { _ in 0 }
             #expect(recovered.sequences.isEmpty)

@@ -52,23 +52,26 @@ struct Recovery {
         }
     }
 
-    /// A window of a segment read into memory: bytes [start, start + count) of the segment.
+    /// A window of a segment read into memory: bytes [start, start + count) of segment `segment`.
     private struct Window {
         var buffer: UnsafeMutableRawBufferPointer
+        var segment = -1
         var start = 0
         var count = 0
         var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: buffer[..<count]) }
     }
 
-    /// Makes `window` cover at least [offset, offset + maxFlushBytes) of the segment (or up to its end).
-    private mutating func cover(_ window: inout Window, _ offset: Int, in file: File) async throws(StoreError) {
+    /// Makes `window` cover at least [offset, offset + maxFlushBytes) of segment `segment` (or up to its end).
+    private mutating func cover(_ window: inout Window, _ offset: Int, of segment: Int) async throws(StoreError) {
         let wanted = min(configuration.segmentSizeBytes, offset + configuration.maxFlushBytes)
-        if offset >= window.start && wanted <= window.start + window.count { return }
+        if window.segment == segment && offset >= window.start && wanted <= window.start + window.count { return }
+        let file = try await self.file(segment)
         let start = offset / WALEntryLayout.blockSize * WALEntryLayout.blockSize
         let length = min(window.buffer.count, configuration.segmentSizeBytes - start)
         do {
             let n = try await file.read(into: UnsafeMutableRawBufferPointer(rebasing: window.buffer[..<length]),
                                         at: UInt64(start))
+            window.segment = segment
             window.start = start
             window.count = n
         } catch {
@@ -89,15 +92,14 @@ struct Recovery {
         var tail = UInt64(first) * segmentSize
         while true {
             let base = UInt64(index) * segmentSize
-            let file = try await file(index)
             var ended = false
             while offset < configuration.segmentSizeBytes {
-                try await cover(&window, offset, in: file)
+                try await cover(&window, offset, of: index)
                 let local = offset - window.start
                 guard let header = WALEntryLayout.validate(window.bytes, at: local, base: base + UInt64(window.start),
                                                            maxPayload: maxPayload)
                 else {
-                    try await checkNothingLaterIn(file, index: index, after: offset, window: &window)
+                    try await checkNothingLaterIn(index: index, after: offset, window: &window)
                     ended = true
                     break
                 }
@@ -114,8 +116,7 @@ struct Recovery {
             // Does the log go on in the next segment? Only if that segment opens with a flush that follows this
             // one; if it follows data past `tail`, this segment lost durable data.
             guard indices.contains(index + 1) else { break }
-            let next = try await self.file(index + 1)
-            try await cover(&window, 0, in: next)
+            try await cover(&window, 0, of: index + 1)
             let nextBase = UInt64(index + 1) * segmentSize
             guard let header = WALEntryLayout.validate(window.bytes, at: 0, base: nextBase, maxPayload: maxPayload)
             else { break }
@@ -134,7 +135,7 @@ struct Recovery {
     /// After a bad entry at `offset`: any valid entry further on in the segment that belongs to a later flush proves
     /// corruption. Flushes are contiguous within a segment, so if any later flush exists, the one right after the
     /// bad entry's flush does, and it starts within one flush's length of the bad entry: no need to look further.
-    private mutating func checkNothingLaterIn(_ file: File, index: Int, after offset: Int, window: inout Window)
+    private mutating func checkNothingLaterIn(index: Int, after offset: Int, window: inout Window)
         async throws(StoreError)
     {
         let base = UInt64(index) * segmentSize
@@ -142,7 +143,7 @@ struct Recovery {
         var candidate = (offset / block + 1) * block
         let last = min(configuration.segmentSizeBytes, offset + configuration.maxFlushBytes + block)
         while candidate < last {
-            try await cover(&window, candidate, in: file)
+            try await cover(&window, candidate, of: index)
             if let header = WALEntryLayout.validate(window.bytes, at: candidate - window.start,
                                                     base: base + UInt64(window.start), maxPayload: maxPayload),
                header.previousFlushEnd > base + UInt64(offset)
@@ -168,7 +169,7 @@ struct Recovery {
             return Result(nextPosition: (tail / segmentSize + 1) * segmentSize, previousFlushEnd: tail)
         }
         let file = try await self.file(index)
-        try await cover(&window, inSegment, in: file)
+        try await cover(&window, inSegment, of: index)
         let start = inSegment / block * block
         let local = start - window.start
         let region = UnsafeMutableRawBufferPointer(rebasing: window.buffer[local..<(local + end - start)])

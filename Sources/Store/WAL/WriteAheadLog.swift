@@ -36,6 +36,8 @@ public final class WriteAheadLog {
     private var flushing = false
     private var flushScheduled = false
     private var failure: StoreError?
+    private var preparing: Set<Int> = []
+    private var preparationWaiters: [Int: [UnsafeContinuation<Void, Never>]] = [:]
 
     /// Flushes completed since open (group commit makes this much smaller than the number of appends).
     public private(set) var flushCount = 0
@@ -219,9 +221,36 @@ public final class WriteAheadLog {
     }
 
     /// The segment file `index`, created and fully written with zeros first if it does not exist, so that later
-    /// writes overwrite allocated blocks (about twice as fast here as extending a file).
-    func segment(_ index: Int) async throws(StoreError) -> File {
+    /// writes overwrite allocated blocks (about twice as fast here as extending a file). Opening a segment for the
+    /// first time starts preparing the next one in the background, so that rolling over does not wait for a zero
+    /// fill on the write path. Concurrent callers for the same index share one preparation.
+    func segment(_ index: Int, prepareNext: Bool = true) async throws(StoreError) -> File {
         if let file = segments[index] { return file }
+        if preparing.contains(index) {
+            await withUnsafeContinuation { continuation in
+                if preparing.contains(index) {
+                    preparationWaiters[index, default: []].append(continuation)
+                } else {
+                    continuation.resume()
+                }
+            }
+            if let file = segments[index] { return file }
+        }
+        preparing.insert(index)
+        defer {
+            preparing.remove(index)
+            for waiter in preparationWaiters.removeValue(forKey: index) ?? [] { waiter.resume() }
+        }
+        let file = try await prepare(index)
+        segments[index] = file
+        if prepareNext && segments[index + 1] == nil && !preparing.contains(index + 1) {
+            let log = ShardLocal(self)
+            context.spawn { _ = try? await log.value.segment(index + 1, prepareNext: false) }
+        }
+        return file
+    }
+
+    private func prepare(_ index: Int) async throws(StoreError) -> File {
         let path = segmentPath(index)
         do {
             let exists = FileManager.default.fileExists(atPath: path)
@@ -238,7 +267,6 @@ public final class WriteAheadLog {
                 }
                 try await file.fullSync()
             }
-            segments[index] = file
             return file
         } catch {
             throw .io(error)
@@ -275,9 +303,9 @@ public final class WriteAheadLog {
         return Array(buffer[from..<(from + length)])
     }
 
-    /// Waits for the flush in progress, then closes every segment file.
+    /// Waits for the flush in progress (and a segment being prepared), then closes every segment file.
     public func close() async {
-        while flushing || fillOffset > 0 {
+        while flushing || fillOffset > 0 || !preparing.isEmpty {
             if !flushing { flush() }
             try? await context.sleep(for: .microseconds(100))
         }
