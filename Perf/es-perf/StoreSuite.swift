@@ -36,6 +36,14 @@ struct StoreSuite {
                  (fioQD1.write[p] ?? .nan) + (fioQD1.sync[p] ?? .nan))
         }
 
+        // The other durability mode: one RWF_DSYNC write per flush instead of a write and an fdatasync.
+        let dsync = try await appendLatencies(reactor, directory: "\(root)/qd1-dsync", appenders: 1, valueBytes: 4000,
+                                              totalBytes: total / 4, durability: .dsyncWrite)
+        emit("append_qd1_dsync_p50_us", percentile(dsync.latencies, 50) / 1000, "us", .lower,
+             "the same appends with write + fdatasync (the default)", percentile(qd1.latencies, 50) / 1000)
+        emit("append_qd1_dsync_p99_us", percentile(dsync.latencies, 99) / 1000, "us", .lower,
+             "the same appends with write + fdatasync (the default)", percentile(qd1.latencies, 99) / 1000)
+
         // 64 appenders, 4 KiB and 64 KiB: group commit against fio at the same block size and queue depth.
         for (label, valueBytes, block) in [("4k", 4000, 4096), ("64k", 65000, 65536)] {
             let many = try await appendLatencies(reactor, directory: "\(root)/c\(label)", appenders: 64,
@@ -72,15 +80,20 @@ struct StoreSuite {
         var bytesPerSecond: Double
     }
 
-    private func configuration(_ directory: String) -> StoreConfiguration {
+    private func configuration(_ directory: String, durability: WALConfiguration.Durability = .fdatasync)
+        -> StoreConfiguration
+    {
         StoreConfiguration(wal: WALConfiguration(directory: directory, segmentSizeBytes: 64 << 20,
-                                                 maxFlushBytes: 1 << 20), cacheBytes: 256 << 20)
+                                                 maxFlushBytes: 1 << 20, durability: durability),
+                           cacheBytes: 256 << 20)
     }
 
     /// `appenders` tasks, each appending one-record batches of `valueBytes` to its own range, until `totalBytes`.
     private func appendLatencies(_ reactor: Reactor, directory: String, appenders: Int, valueBytes: Int,
-                                 totalBytes: Int) async throws -> AppendRun {
-        let configuration = configuration(directory)
+                                 totalBytes: Int, durability: WALConfiguration.Durability = .fdatasync)
+        async throws -> AppendRun
+    {
+        let configuration = configuration(directory, durability: durability)
         return try await reactor.run(on: 0) { context -> AppendRun in
             let store = Unchecked(try await ShardStore.open(configuration, on: context))
             let perAppender = max(1, totalBytes / valueBytes / appenders)
