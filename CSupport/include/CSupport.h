@@ -156,11 +156,12 @@ int cs_set_thread_name(unsigned long thread, const char *name);
 void cs_cpu_relax(void);
 
 // MARK: - Global executor watch
-// Counts jobs handed to Swift's global concurrent executor from a thread that runs a shard. The reactor must never do
-// that; a test installs the watch and checks the count stays zero.
+// Counts jobs handed to Swift's global concurrent executor from a thread that runs a shard, per thread. The reactor
+// must never do that; a test installs the watch and checks the count of each shard thread stays put.
 
 void cs_install_global_enqueue_watch(void);
-uint64_t cs_global_enqueues_from_shards(void);
+/// Jobs the calling shard thread has handed to the global executor since the watch was installed.
+uint64_t cs_global_enqueues_from_this_shard(void);
 
 // MARK: - XXH3-64
 

@@ -59,8 +59,10 @@ extension Serialized {
         try await withReactor(.testing(shards: 2)) { reactor in
             // Counted on shard 0 before it answers: the answer itself resumes the test's task, which lives on the
             // global executor, and is not reactor work.
-            let leaked = try await reactor.run(on: 0) { context -> UInt64 in
-                let before = cs_global_enqueues_from_shards()
+            let (leaked, leakedOnOther) = try await reactor.run(on: 0) { context -> (UInt64, UInt64) in
+                let before = cs_global_enqueues_from_this_shard()
+                // Shard 1's count, read on shard 1; the answer comes back over the channel, not the global executor.
+                let otherBefore = try await reactor.submit(to: 1) { cs_global_enqueues_from_this_shard() }
                 let shard = context.shard
                 try await context.sleep(for: .microseconds(100))
                 async let a: Void = ShardContext(shard: shard).nop()
@@ -78,15 +80,17 @@ extension Serialized {
                     return Reactor.currentShardIndex
                 }.value
                 precondition(fromOther == 1)
-                return cs_global_enqueues_from_shards() - before
+                let otherAfter = try await reactor.submit(to: 1) { cs_global_enqueues_from_this_shard() }
+                return (cs_global_enqueues_from_this_shard() - before, otherAfter - otherBefore)
             }
             #expect(leaked == 0)
+            #expect(leakedOnOther == 0)
 
             // The watch does see a leak: a detached task started on a shard goes to the global executor.
             let seen = try await reactor.run(on: 0) { _ -> UInt64 in
-                let before = cs_global_enqueues_from_shards()
+                let before = cs_global_enqueues_from_this_shard()
                 Task.detached { _ = 1 }
-                return cs_global_enqueues_from_shards() - before
+                return cs_global_enqueues_from_this_shard() - before
             }
             #expect(seen == 1)
         }
