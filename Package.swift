@@ -87,12 +87,15 @@ let package = Package(
                           swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-record-batch", dependencies: ["Records"], path: "Tests/Fuzz/RecordBatch",
                           swiftSettings: swiftSettings),
-        .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport"], swiftSettings: swiftSettings),
+        // Helpers shared by the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
+        .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport", "TestSupport"],
+                    swiftSettings: swiftSettings),
         // The child process of the store's crash tests: appends until killed.
         .executableTarget(name: "store-crash-child", dependencies: ["Store", "Reactor", "Records"],
                           path: "Tests/StoreCrash", swiftSettings: swiftSettings),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport"],
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport", "TestSupport"],
                     swiftSettings: swiftSettings),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )

@@ -2,6 +2,7 @@ import Foundation
 import Platform
 import Reactor
 import Records
+import TestSupport
 import Testing
 @testable import Store
 
