@@ -95,7 +95,7 @@ struct StoreSuite {
     {
         let configuration = configuration(directory, durability: durability)
         return try await reactor.run(on: 0) { context -> AppendRun in
-            let store = Unchecked(try await ShardStore.open(configuration, on: context))
+            let store = ShardBound(try await ShardStore.open(configuration, on: context))
             let perAppender = max(1, totalBytes / valueBytes / appenders)
             for a in 0..<appenders { try await store.value.createRange(RangeKey(streamID: UInt64(a), index: 0), start: 0) }
             let start = cs_monotonic_ns()
@@ -143,7 +143,7 @@ struct StoreSuite {
         // Recovery (open) and warm reads on a fresh store: its cache is empty.
         return try await reactor.run(on: 0) { context -> ReadRun in
             var start = cs_monotonic_ns()
-            let store = Unchecked(try await ShardStore.open(configuration, on: context))
+            let store = ShardBound(try await ShardStore.open(configuration, on: context))
             let recovered = Double(cs_monotonic_ns() - start) / 1e9
             let walBytes = Double(store.value.walBytes)
             let end = store.value.describe(key)?.confirmedEnd ?? 0
@@ -164,10 +164,8 @@ struct StoreSuite {
             let warm = Double(warmBytes) / (Double(cs_monotonic_ns() - start) / 1e9)
             // The warm read filled nothing; append-time caching is what makes reads hot. Read a tail that was just
             // appended: append the same amount again (cached), then read it.
-            start = cs_monotonic_ns()
-            _ = start
             await store.value.close()
-            let hotStore = Unchecked(try await ShardStore.open(configuration, on: context))
+            let hotStore = ShardBound(try await ShardStore.open(configuration, on: context))
             let hotKey = RangeKey(streamID: 99, index: 0)
             try await hotStore.value.createRange(hotKey, start: 0)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 8)
@@ -196,10 +194,4 @@ struct StoreSuite {
             return ReadRun(hot: hot, warm: warm, recoverySecondsPerGiB: recovered / (walBytes / 1_073_741_824))
         }
     }
-}
-
-/// Carries a shard-bound value into the closures that run on its shard.
-struct Unchecked<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
 }

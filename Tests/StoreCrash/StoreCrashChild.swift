@@ -27,10 +27,6 @@ func say(_ line: String) {
     _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
 }
 
-struct Unchecked<T>: @unchecked Sendable {
-    let value: T
-}
-
 @main
 struct StoreCrashChild {
     static func main() async throws {
@@ -44,7 +40,7 @@ struct StoreCrashChild {
         _ = try await reactor.run(on: 0) { context -> Int in
             let configuration = StoreConfiguration(
                 wal: WALConfiguration(directory: directory, segmentSizeBytes: 256 << 10, maxFlushBytes: 32 << 10))
-            let store = Unchecked(value: try await ShardStore.open(configuration, on: context))
+            let store = ShardBound(try await ShardStore.open(configuration, on: context))
             try await store.value.createRange(key, start: 0)
             var next = store.value.describe(key)!.confirmedEnd
             say("START \(next)")

@@ -63,9 +63,10 @@ final class ShardFabric: @unchecked Sendable {
     }
 }
 
-/// A shard-bound value carried through a closure that the compiler must treat as Sendable (a cancellation handler)
-/// but that only ever touches the value after hopping back to the value's shard with `Shard.post`.
-struct ShardBound<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
+/// A shard-bound value carried through a closure that the compiler must treat as Sendable (a cancellation handler, a
+/// task or call started on the same shard) but that only ever touches the value on the value's shard
+/// (`Shard.post`, `ShardContext.spawn`, `Reactor.run`).
+public struct ShardBound<Value>: @unchecked Sendable {
+    public let value: Value
+    public init(_ value: Value) { self.value = value }
 }

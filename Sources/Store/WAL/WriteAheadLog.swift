@@ -121,7 +121,7 @@ public final class WriteAheadLog {
                 if !flushing && !flushScheduled {
                     // Flush at the end of this loop turn, so that appends made in the same turn share the write.
                     flushScheduled = true
-                    let log = ShardLocal(self)
+                    let log = ShardBound(self)
                     context.shard.post { log.value.flush() }
                 }
             }
@@ -168,7 +168,7 @@ public final class WriteAheadLog {
         spaceWaiters = []
         for waiter in woken { waiter.resume(returning: .retry) }
 
-        let log = ShardLocal(self)
+        let log = ShardBound(self)
         context.spawn {
             let result = await log.value.write(base: base, length: end)
             log.value.finishFlush(result, end: base + UInt64(end), waiters: waiters)
@@ -244,7 +244,7 @@ public final class WriteAheadLog {
         let file = try await prepare(index)
         segments[index] = file
         if prepareNext && segments[index + 1] == nil && !preparing.contains(index + 1) {
-            let log = ShardLocal(self)
+            let log = ShardBound(self)
             context.spawn { _ = try? await log.value.segment(index + 1, prepareNext: false) }
         }
         return file
@@ -320,9 +320,3 @@ enum AppendWake {
     case done(Result<Void, StoreError>)
 }
 
-/// A shard-bound value carried through a closure the compiler must treat as Sendable; it is only used on the shard
-/// that made it (the closures run there: `Shard.post`, `ShardContext.spawn`).
-struct ShardLocal<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}
