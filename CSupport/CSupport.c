@@ -171,6 +171,13 @@ int cs_prep_openat(cs_ring *ring, int dirfd, const char *path, int flags, unsign
     return 0;
 }
 
+int cs_prep_renameat(cs_ring *ring, const char *old_path, const char *new_path, uint64_t user_data) {
+    GET_SQE(ring, sqe);
+    io_uring_prep_renameat(sqe, AT_FDCWD, old_path, AT_FDCWD, new_path, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int cs_prep_close(cs_ring *ring, int fd, uint64_t user_data) {
     GET_SQE(ring, sqe);
     io_uring_prep_close(sqe, fd);

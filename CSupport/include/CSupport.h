@@ -73,6 +73,8 @@ int cs_prep_write_fixed(cs_ring *ring, int fd, const void *buf, unsigned len, ui
 int cs_prep_fsync(cs_ring *ring, int fd, bool datasync, uint64_t user_data);
 /// `path` must stay valid until the SQE is submitted.
 int cs_prep_openat(cs_ring *ring, int dirfd, const char *path, int flags, unsigned mode, uint64_t user_data);
+/// Renames `old_path` to `new_path` (both relative to the working directory when not absolute).
+int cs_prep_renameat(cs_ring *ring, const char *old_path, const char *new_path, uint64_t user_data);
 int cs_prep_close(cs_ring *ring, int fd, uint64_t user_data);
 int cs_prep_fallocate(cs_ring *ring, int fd, int mode, uint64_t offset, uint64_t length, uint64_t user_data);
 int cs_prep_socket(cs_ring *ring, int domain, int type, int protocol, uint64_t user_data);

@@ -1,7 +1,7 @@
 /// What the reactor (or the simulator) was doing when an operation failed.
 public enum IOOperation: String, Sendable, Hashable {
     case ringSetup, registerBuffers, eventfd, pin
-    case open, close, read, write, fdatasync, fsync, fallocate
+    case open, close, read, write, fdatasync, fsync, fallocate, rename
     case socket, listen, accept, connect, recv, send
     case timeout, cancel, nop, crossShard, allocate
 }

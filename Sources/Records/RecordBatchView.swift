@@ -80,6 +80,10 @@ public struct RecordBatchView {
 
     init(unchecked buffer: UnsafeRawBufferPointer) { bytes = buffer }
 
+    /// A view of bytes this process already validated (with `init(validating:)`) and has not changed since: no
+    /// checks at all.
+    public init(alreadyValidated buffer: UnsafeRawBufferPointer) { bytes = buffer }
+
     /// The length of the batch that starts `buffer`, read from its header and checked against the limits and
     /// against the bytes available; enough to split concatenated batches.
     public static func batchLength(of buffer: UnsafeRawBufferPointer, limits: RecordLimits = .default)

@@ -24,12 +24,30 @@ final class RangeReplica {
     private var runningMaxTimestamp: [Int64] = []
     private var settleWaiters: [UnsafeContinuation<Void, Never>] = []
 
+    /// A replica being sealed takes no more appends, even before the seal is durable.
+    var sealing = false
+
     init(key: RangeKey, start: UInt64) {
         self.key = key
         self.createdStart = start
         self.start = start
         confirmedEnd = start
         pendingEnd = start
+    }
+
+    /// A replica as a checkpoint recorded it; its batches follow through `restore`.
+    init(key: RangeKey, createdStart: UInt64, start: UInt64, confirmedEnd: UInt64) {
+        self.key = key
+        self.createdStart = createdStart
+        self.start = start
+        self.confirmedEnd = confirmedEnd
+        pendingEnd = confirmedEnd
+    }
+
+    /// Adds a batch of a checkpointed index (the caller checked the order).
+    func restore(_ location: BatchLocation) {
+        batches.append(location)
+        runningMaxTimestamp.append(max(runningMaxTimestamp.last ?? .min, location.maxTimestamp))
     }
 
     func add(_ location: BatchLocation) {

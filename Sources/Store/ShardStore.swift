@@ -3,41 +3,191 @@ import Platform
 import Reactor
 import Records
 
+/// The ranges of one shard and their index, as the WAL's entries built them: the WAL applies each entry here the
+/// moment it is durable (and recovery replays through the same call), so this state always reflects exactly the log
+/// up to the WAL's durable position. Shard-bound.
+final class StoreIndex: WALSink {
+    var ranges: [RangeKey: RangeReplica]
+    let cache: BatchCache
+
+    init(ranges: [RangeKey: RangeReplica], cacheBytes: Int) {
+        self.ranges = ranges
+        cache = BatchCache(capacityBytes: cacheBytes)
+    }
+
+    func apply(_ entry: RecoveredEntry, recovering: Bool) throws(StoreError) {
+        switch entry.kind {
+        case .append:
+            let view: RecordBatchView
+            if recovering {
+                do {
+                    view = try RecordBatchView(validating: entry.payload)
+                } catch {
+                    throw .corruption(file: "WAL", position: entry.position, detail: "append entry: \(error)")
+                }
+            } else {
+                // Validated when it was appended, and this is still the buffer it was copied into.
+                view = RecordBatchView(alreadyValidated: entry.payload)
+            }
+            let key = RangeKey(streamID: view.streamID, index: view.rangeIndex)
+            guard let range = ranges[key], range.sealedEnd == nil, range.confirmedEnd == view.baseOffset else { return }
+            range.add(BatchLocation(baseOffset: view.baseOffset, endOffset: view.endOffset,
+                                    payloadPosition: entry.position + UInt64(WALEntryLayout.headerSize),
+                                    length: entry.payload.count, maxTimestamp: view.maxTimestamp))
+            if !recovering { cache.insert(Array(entry.payload), range: key, baseOffset: view.baseOffset) }
+            range.settled()
+        case .createRange, .sealRange, .trimRange, .deleteRange:
+            guard let record = RangeRecord(entry.payload) else {
+                throw .corruption(file: "WAL", position: entry.position, detail: "malformed \(entry.kind) entry")
+            }
+            switch entry.kind {
+            case .createRange:
+                if ranges[record.key] == nil { ranges[record.key] = RangeReplica(key: record.key, start: record.offset) }
+            case .sealRange:
+                ranges[record.key]?.sealedEnd = record.offset
+            case .trimRange:
+                guard let range = ranges[record.key] else { return }
+                range.trim(below: record.offset)
+                cache.remove(range: record.key, below: range.start)
+            default:
+                ranges[record.key] = nil
+                cache.remove(range: record.key)
+            }
+        case .padding:
+            break
+        }
+    }
+}
+
 /// The range replicas of one shard, persisted in its write-ahead log: create, append at an expected offset, seal,
-/// read by offset or timestamp, describe, trim, delete. Shard-bound: open it on a shard and use it there only (its
-/// entry points check).
+/// read by offset or timestamp, describe, trim, delete. The index is checkpointed every `checkpointIntervalBytes` of
+/// log, so recovery replays only the log after the last checkpoint, and segments nothing points into any more are
+/// reused. Shard-bound: open it on a shard and use it there only (its entry points check).
 public final class ShardStore {
     public let configuration: StoreConfiguration
     let context: ShardContext
     let wal: WriteAheadLog
-    private var ranges: [RangeKey: RangeReplica]
-    private let cache: BatchCache
+    private let index: StoreIndex
+    private let checkpoints: CheckpointWriter
+    private var checkpointing = false
+    private var checkpointFailure: StoreError?
 
-    private init(configuration: StoreConfiguration, context: ShardContext, wal: WriteAheadLog,
-                 ranges: [RangeKey: RangeReplica]) {
+    private var ranges: [RangeKey: RangeReplica] { index.ranges }
+    private var cache: BatchCache { index.cache }
+
+    private init(configuration: StoreConfiguration, context: ShardContext, wal: WriteAheadLog, index: StoreIndex,
+                 checkpoints: CheckpointWriter) {
         self.configuration = configuration
         self.context = context
         self.wal = wal
-        self.ranges = ranges
-        cache = BatchCache(capacityBytes: configuration.cacheBytes)
+        self.index = index
+        self.checkpoints = checkpoints
     }
 
-    /// Opens the store, rebuilding every range and its index from the WAL.
+    /// Opens the store: loads the last checkpoint, replays the WAL after it, and (when it replayed anything, or there
+    /// was no checkpoint yet) writes a new checkpoint, so that the next recovery starts from here.
     public static func open(_ configuration: StoreConfiguration, on context: ShardContext)
         async throws(StoreError) -> ShardStore
     {
-        var ranges: [RangeKey: RangeReplica] = [:]
-        let wal = try await WriteAheadLog.open(configuration.wal, on: context) { (entry) throws(StoreError) in
-            try Self.replay(entry, into: &ranges)
+        try configuration.validate()
+        let directory = configuration.wal.directory
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw .io(IOError(.open, .system(errno: EACCES), target: directory))
         }
-        return ShardStore(configuration: configuration, context: context, wal: wal, ranges: ranges)
+        let segmentSize = configuration.wal.segmentSizeBytes
+        let checkpoint = try await Checkpoint.load(directory: directory, segmentSize: segmentSize, on: context)
+        let index = StoreIndex(ranges: checkpoint?.ranges ?? [:], cacheBytes: configuration.cacheBytes)
+        let start = checkpoint?.position ?? 0
+        let wal = try await WriteAheadLog.open(configuration.wal, on: context, from: start, sink: index)
+        let checkpoints = CheckpointWriter(directory: directory, segmentSize: segmentSize, context: context,
+                                           sequence: checkpoint?.sequence ?? 0, position: start)
+        let store = ShardStore(configuration: configuration, context: context, wal: wal, index: index,
+                               checkpoints: checkpoints)
+        if checkpoint == nil || wal.durablePosition > start {
+            // A store that cannot write a checkpoint (a full disk) still opens and serves reads: recovery then
+            // replays from the older checkpoint again, and no segment is reused until a checkpoint is written.
+            try? await store.checkpoint()
+        } else {
+            await store.reclaim(below: start)
+        }
+        return store
     }
 
     /// Bytes of WAL written so far (its durable end position).
     public var walBytes: UInt64 { wal.durablePosition }
+    /// Bytes of log the last open replayed (from its checkpoint to the tail).
+    public var recoveredBytes: UInt64 { wal.recoveredBytes }
+    /// Checkpoints written since open, and the WAL position of the newest durable one.
+    public var checkpointCount: Int { checkpoints.written }
+    public var checkpointPosition: UInt64 { checkpoints.position }
+    /// Time the last checkpoint spent encoding the index on the shard, and writing it.
+    public var lastCheckpointEncode: Duration { checkpoints.lastEncode }
+    public var lastCheckpointWrite: Duration { checkpoints.lastWrite }
+    /// Why the last checkpoint failed, nil once one succeeds. Appends go on meanwhile; recovery replays more.
+    public var checkpointError: StoreError? { checkpointFailure }
 
+    /// Waits for appends and a checkpoint in progress, writes a last checkpoint (so the next open replays nothing),
+    /// and closes the WAL.
     public func close() async {
+        await wal.drain()
+        while checkpointing { try? await context.sleep(for: .microseconds(100)) }
+        if checkpointFailure == nil, wal.durablePosition > checkpoints.position { try? await checkpoint() }
         await wal.close()
+    }
+
+    // MARK: - Checkpoints
+
+    /// Writes a checkpoint of the index as it stands (exactly the WAL up to its durable position), then hands the
+    /// segments below it that nothing points into to the WAL for reuse.
+    public func checkpoint() async throws(StoreError) {
+        onShard()
+        while checkpointing {
+            await withUnsafeContinuation { continuation in
+                if checkpointing { checkpointWaiters.append(continuation) } else { continuation.resume() }
+            }
+        }
+        checkpointing = true
+        defer {
+            checkpointing = false
+            let waiters = checkpointWaiters
+            checkpointWaiters = []
+            for waiter in waiters { waiter.resume() }
+        }
+        let position = wal.durablePosition
+        let live: Set<Int>
+        do {
+            live = try await checkpoints.write(ranges: ranges, position: position)
+        } catch {
+            checkpointFailure = error
+            throw error
+        }
+        checkpointFailure = nil
+        await wal.reclaim(below: Int(position / UInt64(configuration.wal.segmentSizeBytes)), live: live)
+    }
+    private var checkpointWaiters: [UnsafeContinuation<Void, Never>] = []
+
+    private func reclaim(below position: UInt64) async {
+        var live = Set<Int>()
+        let segmentSize = UInt64(configuration.wal.segmentSizeBytes)
+        for range in ranges.values {
+            var last = -1
+            for batch in range.batches where Int(batch.payloadPosition / segmentSize) != last {
+                last = Int(batch.payloadPosition / segmentSize)
+                live.insert(last)
+            }
+        }
+        await wal.reclaim(below: Int(position / segmentSize), live: live)
+    }
+
+    /// Starts a checkpoint in the background once `checkpointIntervalBytes` of log were written since the last.
+    private func checkpointIfDue() {
+        guard configuration.checkpointIntervalBytes > 0, !checkpointing,
+              wal.durablePosition - checkpoints.position >= UInt64(configuration.checkpointIntervalBytes)
+        else { return }
+        let store = ShardBound(self)
+        context.spawn { try? await store.value.checkpoint() }
     }
 
     private func onShard() { context.shard.preconditionOnShard() }
@@ -54,7 +204,10 @@ public final class ShardStore {
             return
         }
         try await log(.createRange, RangeRecord(key: key, offset: start))
-        if ranges[key] == nil { ranges[key] = RangeReplica(key: key, start: start) }
+        // Two creates in flight at once: the first in the log made the replica.
+        if let created = ranges[key], created.createdStart != start {
+            throw .rangeConflict(key: key, detail: "already exists starting at \(created.createdStart)")
+        }
     }
 
     public func describe(_ key: RangeKey) -> RangeDescription? {
@@ -70,6 +223,7 @@ public final class ShardStore {
         let key = RangeKey(streamID: batch.streamID, index: batch.rangeIndex)
         guard let range = ranges[key] else { return .rangeNotFound }
         if let end = range.sealedEnd { return .sealed(end: end) }
+        if range.sealing { return .sealed(end: range.pendingEnd) }
         let base = batch.baseOffset
         if batch.endOffset <= range.confirmedEnd || base < range.confirmedEnd {
             return .alreadyCommitted(confirmedEnd: range.confirmedEnd)
@@ -77,22 +231,17 @@ public final class ShardStore {
         if base < range.pendingEnd { return .pending }
         if base > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
         range.pendingEnd = batch.endOffset
-        let position: UInt64
         do {
-            position = try await wal.append(.append, batch.bytes)
+            _ = try await wal.append(.append, batch.bytes)
         } catch {
             range.pendingEnd = range.confirmedEnd
             range.settled()
             throw error
         }
-        // Group commit completes flushes, and the appends within one, in order: this is the range's next batch.
-        assert(range.confirmedEnd == base)
-        range.add(BatchLocation(baseOffset: base, endOffset: batch.endOffset,
-                                payloadPosition: position + UInt64(WALEntryLayout.headerSize),
-                                length: batch.bytes.count, maxTimestamp: batch.maxTimestamp))
-        cache.insert(Array(batch.bytes), range: key, baseOffset: base)
-        range.settled()
-        return .committed(confirmedEnd: range.confirmedEnd)
+        // The WAL applied the batch to the index (and the cache) when its flush became durable.
+        assert(range.confirmedEnd >= batch.endOffset)
+        checkpointIfDue()
+        return .committed(confirmedEnd: batch.endOffset)
     }
 
     /// Seals the range at `end` (default: its confirmed end, once appends in flight have settled) and returns the
@@ -104,28 +253,30 @@ public final class ShardStore {
             if let end, end != sealed { throw .rangeConflict(key: key, detail: "already sealed at \(sealed)") }
             return sealed
         }
+        if range.sealing {
+            // Another seal is in progress: its outcome is this one's.
+            while range.sealing && range.sealedEnd == nil { try? await context.sleep(for: .microseconds(100)) }
+            return try await seal(key, at: end)
+        }
+        range.sealing = true
+        defer { range.sealing = false }
         await range.waitUntilSettled()
         let final = end ?? range.confirmedEnd
         try await log(.sealRange, RangeRecord(key: key, offset: final))
-        range.sealedEnd = final
         return final
     }
 
     /// Drops records below `offset` (rounded down to a batch boundary).
     public func trim(_ key: RangeKey, below offset: UInt64) async throws(StoreError) {
         onShard()
-        guard let range = ranges[key] else { throw .rangeNotFound(key) }
+        guard ranges[key] != nil else { throw .rangeNotFound(key) }
         try await log(.trimRange, RangeRecord(key: key, offset: offset))
-        range.trim(below: offset)
-        cache.remove(range: key, below: range.start)
     }
 
     public func delete(_ key: RangeKey) async throws(StoreError) {
         onShard()
         guard ranges[key] != nil else { return }
         try await log(.deleteRange, RangeRecord(key: key, offset: 0))
-        ranges[key] = nil
-        cache.remove(range: key)
     }
 
     // MARK: - Reads
@@ -225,38 +376,7 @@ public final class ShardStore {
         defer { buffer.deallocate() }
         buffer.copyBytes(from: bytes)
         _ = try await wal.append(kind, UnsafeRawBufferPointer(buffer))
-    }
-
-    private static func replay(_ entry: RecoveredEntry, into ranges: inout [RangeKey: RangeReplica])
-        throws(StoreError)
-    {
-        switch entry.kind {
-        case .append:
-            let view: RecordBatchView
-            do {
-                view = try RecordBatchView(validating: entry.payload)
-            } catch {
-                throw .corruption(file: "WAL", position: entry.position, detail: "append entry: \(error)")
-            }
-            let key = RangeKey(streamID: view.streamID, index: view.rangeIndex)
-            guard let range = ranges[key], range.confirmedEnd == view.baseOffset else { return }
-            range.add(BatchLocation(baseOffset: view.baseOffset, endOffset: view.endOffset,
-                                    payloadPosition: entry.position + UInt64(WALEntryLayout.headerSize),
-                                    length: entry.payload.count, maxTimestamp: view.maxTimestamp))
-        case .createRange, .sealRange, .trimRange, .deleteRange:
-            guard let record = RangeRecord(entry.payload) else {
-                throw .corruption(file: "WAL", position: entry.position, detail: "malformed \(entry.kind) entry")
-            }
-            switch entry.kind {
-            case .createRange:
-                if ranges[record.key] == nil { ranges[record.key] = RangeReplica(key: record.key, start: record.offset) }
-            case .sealRange: ranges[record.key]?.sealedEnd = record.offset
-            case .trimRange: ranges[record.key]?.trim(below: record.offset)
-            default: ranges[record.key] = nil
-            }
-        case .padding:
-            break
-        }
+        checkpointIfDue()
     }
 }
 

@@ -41,9 +41,20 @@ public struct StoreConfiguration: Sendable {
     public var wal: WALConfiguration
     /// Bytes of recently appended batches kept in memory for reads of the tail.
     public var cacheBytes: Int
+    /// Log written between two checkpoints of the index: recovery replays at most about this much (0: only at open
+    /// and close).
+    public var checkpointIntervalBytes: Int
 
-    public init(wal: WALConfiguration, cacheBytes: Int = 64 << 20) {
+    public init(wal: WALConfiguration, cacheBytes: Int = 64 << 20, checkpointIntervalBytes: Int = 64 << 20) {
         self.wal = wal
         self.cacheBytes = cacheBytes
+        self.checkpointIntervalBytes = checkpointIntervalBytes
+    }
+
+    func validate() throws(StoreError) {
+        guard cacheBytes >= 0 else { throw .invalidConfiguration("cacheBytes must not be negative") }
+        guard checkpointIntervalBytes >= 0 else {
+            throw .invalidConfiguration("checkpointIntervalBytes must not be negative")
+        }
     }
 }

@@ -30,21 +30,38 @@ struct Recovered: Sendable, Equatable {
     var positions: [UInt64] = []
 }
 
+/// Collects what recovery replays, and counts the entries applied live as their flushes become durable (checking
+/// that those arrive in log order).
+final class CollectingSink: WALSink {
+    var recovered = Recovered()
+    var liveApplied = 0
+    var lastLivePosition: UInt64?
+
+    func apply(_ entry: RecoveredEntry, recovering: Bool) throws(StoreError) {
+        let sequence = Int(entry.payload.loadUnaligned(as: UInt64.self))
+        precondition(entry.payload.elementsEqual(payload(sequence)), "payload altered")
+        if recovering {
+            recovered.sequences.append(sequence)
+            recovered.positions.append(entry.position)
+        } else {
+            precondition(lastLivePosition.map { $0 < entry.position } ?? true, "live entries out of order")
+            lastLivePosition = entry.position
+            liveApplied += 1
+        }
+    }
+}
+
 /// Opens the log, collecting what recovery replays, runs `body`, and closes it.
 func withLog<T: Sendable>(
     _ reactor: Reactor, _ configuration: WALConfiguration,
     _ body: @escaping @Sendable (WriteAheadLogBox) async throws -> T
 ) async throws -> (Recovered, T) {
     try await reactor.run(on: 0) { context in
-        var recovered = Recovered()
-        let log = try await WriteAheadLog.open(configuration, on: context) { entry in
-            recovered.sequences.append(Int(entry.payload.loadUnaligned(as: UInt64.self)))
-            recovered.positions.append(entry.position)
-            precondition(entry.payload.elementsEqual(payload(recovered.sequences.last!)), "payload altered")
-        }
+        let sink = CollectingSink()
+        let log = try await WriteAheadLog.open(configuration, on: context, sink: sink)
         let result = try await body(WriteAheadLogBox(log))
         await log.close()
-        return (recovered, result)
+        return (sink.recovered, result)
     }
 }
 

@@ -42,6 +42,31 @@ public final class File: ShardFile {
         return File(path: path, descriptor: fd, isDirect: options.direct, shard: shard)
     }
 
+    /// Renames a file through the ring. Like any rename, it is durable only once its directory is synced.
+    static func rename(_ from: String, to: String, on shard: Shard) async throws(IOError) {
+        guard let cFrom = strdup(from) else { throw IOError(.rename, .system(errno: ENOMEM), target: from) }
+        defer { free(cFrom) }
+        guard let cTo = strdup(to) else { throw IOError(.rename, .system(errno: ENOMEM), target: to) }
+        defer { free(cTo) }
+        _ = try await shard.perform(.rename, target: "\(from) -> \(to)", offloaded: true) { ring, userData, _ in
+            cs_prep_renameat(ring, cFrom, cTo, userData)
+        }
+    }
+
+    /// Makes the entries of directory `path` durable (files created in it, renames within it): opens it, fsyncs it
+    /// and closes it, all through the ring.
+    static func syncDirectory(_ path: String, on shard: Shard) async throws(IOError) {
+        guard let cPath = strdup(path) else { throw IOError(.open, .system(errno: ENOMEM), target: path) }
+        defer { free(cPath) }
+        let fd = try await shard.perform(.open, target: path, offloaded: true) { ring, userData, _ in
+            cs_prep_openat(ring, AT_FDCWD, cPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, userData)
+        }
+        defer { Glibc.close(fd) }
+        _ = try await shard.perform(.fsync, target: path, offloaded: true) { ring, userData, _ in
+            cs_prep_fsync(ring, fd, false, userData)
+        }
+    }
+
     private func checkOpen(_ operation: IOOperation) throws(IOError) {
         if closed { throw IOError(operation, .system(errno: EBADF), target: path) }
     }

@@ -103,6 +103,16 @@ public struct ShardContext: ShardEnvironment {
         try await File.open(path, options: options, on: shard)
     }
 
+    /// Renames `from` to `to`; durable once the directory is synced (`syncDirectory`).
+    public func rename(_ from: String, to: String) async throws(IOError) {
+        try await File.rename(from, to: to, on: shard)
+    }
+
+    /// Makes a directory's entries durable: the files created in it and the renames within it.
+    public func syncDirectory(_ path: String) async throws(IOError) {
+        try await File.syncDirectory(path, on: shard)
+    }
+
     // MARK: Network
 
     public func listen(host: String, port: UInt16) throws(IOError) -> TCPListener {

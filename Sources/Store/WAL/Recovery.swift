@@ -79,17 +79,35 @@ struct Recovery {
         }
     }
 
-    mutating func run(_ replay: (RecoveredEntry) throws(StoreError) -> Void) async throws(StoreError) -> Result {
-        let indices = segmentIndices()
-        guard let first = indices.first else { return Result(nextPosition: 0, previousFlushEnd: 0) }
+    /// Segment indices on disk, ascending (found once per recovery).
+    private(set) var indices: [Int] = []
+    /// Bytes of log scanned (from the checkpoint to the tail).
+    private(set) var scannedBytes: UInt64 = 0
+
+    /// Scans from WAL position `start` (a checkpoint's position: a flush boundary with everything before it
+    /// reflected in the checkpoint) to the end of the log.
+    mutating func run(from start: UInt64, _ replay: (RecoveredEntry) throws(StoreError) -> Void)
+        async throws(StoreError) -> Result
+    {
+        indices = segmentIndices()
+        let first = Int(start / segmentSize)
+        guard indices.contains(first) else {
+            // Nothing was written past the checkpoint (the segment it points into was never created).
+            if let later = indices.first(where: { $0 > first }) {
+                throw .corruption(file: path(later), position: 0,
+                                  detail: "segment \(first), where the checkpoint's position \(start) lies, is missing")
+            }
+            return Result(nextPosition: start, previousFlushEnd: start)
+        }
         var window = Window(buffer: .allocate(byteCount: 2 * configuration.maxFlushBytes,
                                               alignment: WALEntryLayout.blockSize))
         defer { window.buffer.deallocate() }
 
         var index = first
-        var offset = 0
-        var lastPreviousFlushEnd = UInt64(first) * segmentSize
-        var tail = UInt64(first) * segmentSize
+        var offset = Int(start % segmentSize)
+        var lastPreviousFlushEnd = start
+        var tail = start
+        defer { scannedBytes = tail - start }
         while true {
             let base = UInt64(index) * segmentSize
             var ended = false

@@ -15,14 +15,17 @@ public struct WALConfiguration: Sendable {
     /// Appends allowed to wait for durability at once; past it, appenders wait for room (back-pressure).
     public var maxWaitingAppends: Int
     public var durability: Durability
+    /// Segments no longer needed kept for reuse; beyond this they are deleted, giving the space back.
+    public var maxSpareSegments: Int
 
     public init(directory: String, segmentSizeBytes: Int = 64 << 20, maxFlushBytes: Int = 1 << 20,
-                maxWaitingAppends: Int = 4096, durability: Durability = .fdatasync) {
+                maxWaitingAppends: Int = 4096, durability: Durability = .fdatasync, maxSpareSegments: Int = 4) {
         self.directory = directory
         self.segmentSizeBytes = segmentSizeBytes
         self.maxFlushBytes = maxFlushBytes
         self.maxWaitingAppends = maxWaitingAppends
         self.durability = durability
+        self.maxSpareSegments = maxSpareSegments
     }
 
     /// The largest payload one entry may carry: a flush must hold it with its header and closing padding.
@@ -36,6 +39,7 @@ public struct WALConfiguration: Sendable {
         guard segmentSizeBytes % block == 0, segmentSizeBytes >= 2 * maxFlushBytes else {
             throw .invalidConfiguration("segmentSizeBytes must be a multiple of \(block) and at least two flushes")
         }
+        guard maxSpareSegments >= 0 else { throw .invalidConfiguration("maxSpareSegments must not be negative") }
         guard maxWaitingAppends >= 1 else { throw .invalidConfiguration("maxWaitingAppends must be positive") }
     }
 }

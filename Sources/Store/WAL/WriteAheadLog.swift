@@ -10,6 +10,13 @@ public struct RecoveredEntry {
     public let payload: UnsafeRawBufferPointer
 }
 
+/// Receives every entry of a flush, in log order, the moment the flush is durable and before any of its appenders
+/// resumes; recovery replays through the same call. The state it builds therefore always reflects exactly the log up
+/// to `durablePosition`, which is what a checkpoint records.
+public protocol WALSink: AnyObject {
+    func apply(_ entry: RecoveredEntry, recovering: Bool) throws(StoreError)
+}
+
 /// A shard's write-ahead log: fixed-size preallocated segment files written with O_DIRECT in whole blocks, with
 /// group commit. Every append that arrives while a flush is in progress goes into the next flush, and one write
 /// plus one fdatasync (or one RWF_DSYNC write) makes them all durable at once. Shard-bound: use it only on the shard
@@ -38,9 +45,21 @@ public final class WriteAheadLog {
     private var failure: StoreError?
     private var preparing: Set<Int> = []
     private var preparationWaiters: [Int: [UnsafeContinuation<Void, Never>]] = [:]
+    /// Segment files no longer needed, kept to be renamed to the next index instead of creating and zero-filling one.
+    private var spare: [Int] = []
+    /// Reads in progress per segment: a segment being read is not reclaimed.
+    private var readers: [Int: Int] = [:]
+    /// Gets every entry as it becomes durable.
+    public weak var sink: WALSink?
 
     /// Flushes completed since open (group commit makes this much smaller than the number of appends).
     public private(set) var flushCount = 0
+    /// Segments reused (renamed) rather than created since open.
+    public private(set) var reusedSegments = 0
+    /// Bytes recovery scanned at open: from the checkpoint to the tail.
+    public private(set) var recoveredBytes: UInt64 = 0
+    /// Segment indices on disk at open.
+    public private(set) var segmentsAtOpen: [Int] = []
     /// The WAL position up to which everything is durable.
     public private(set) var durablePosition: UInt64
 
@@ -67,12 +86,12 @@ public final class WriteAheadLog {
 
     // MARK: - Open and recover
 
-    /// Opens the log in `configuration.directory`, replaying every valid entry in order through `replay`, and makes
-    /// it ready to append after the last one. A torn last write is discarded (and its block rewritten); an invalid
-    /// entry followed by a later valid flush is corruption, reported with its file and position.
+    /// Opens the log in `configuration.directory`, replaying every valid entry from WAL position `start` (the last
+    /// checkpoint's; 0 for a new log) in order through `sink`, and makes it ready to append after the last one. A torn
+    /// last write is discarded (and its block rewritten); an invalid entry followed by a later valid flush is
+    /// corruption, reported with its file and position.
     public static func open(
-        _ configuration: WALConfiguration, on context: ShardContext,
-        replay: (RecoveredEntry) throws(StoreError) -> Void
+        _ configuration: WALConfiguration, on context: ShardContext, from start: UInt64 = 0, sink: WALSink
     ) async throws(StoreError) -> WriteAheadLog {
         try configuration.validate()
         do {
@@ -81,10 +100,15 @@ public final class WriteAheadLog {
             throw .io(IOError(.open, .system(errno: EACCES), target: configuration.directory))
         }
         var recovery = Recovery(configuration: configuration, context: context)
-        let result = try await recovery.run(replay)
+        let result = try await recovery.run(from: start) { (entry) throws(StoreError) in
+            try sink.apply(entry, recovering: true)
+        }
         let log = WriteAheadLog(configuration: configuration, context: context, tail: result.nextPosition)
         log.nextFillPreviousEnd = result.previousFlushEnd
         log.durablePosition = result.nextPosition
+        log.recoveredBytes = recovery.scannedBytes
+        log.segmentsAtOpen = recovery.indices
+        log.sink = sink
         for (index, file) in recovery.openFiles { log.segments[index] = file }
         return log
     }
@@ -171,7 +195,7 @@ public final class WriteAheadLog {
         let log = ShardBound(self)
         context.spawn {
             let result = await log.value.write(base: base, length: end)
-            log.value.finishFlush(result, end: base + UInt64(end), waiters: waiters)
+            log.value.finishFlush(result, base: base, end: base + UInt64(end), waiters: waiters)
         }
     }
 
@@ -197,12 +221,33 @@ public final class WriteAheadLog {
         }
     }
 
-    private func finishFlush(_ result: Result<Void, StoreError>, end: UInt64,
+    /// Hands every entry of the flush just made durable (still in `writing`) to the sink, in order.
+    private func applyFlushed(length: Int, base: UInt64) {
+        guard let sink else { return }
+        let bytes = UnsafeRawBufferPointer(writing)
+        var offset = 0
+        while offset + WALEntryLayout.headerSize <= length {
+            let payloadLength = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 16,
+                                                                            as: UInt32.self)))
+            let kind = WALEntryKind(rawValue: bytes[offset + 20]) ?? .padding
+            if kind != .padding {
+                let start = offset + WALEntryLayout.headerSize
+                // Entries this process built itself: the sink cannot find them malformed.
+                try? sink.apply(RecoveredEntry(kind: kind, position: base + UInt64(offset),
+                                               payload: UnsafeRawBufferPointer(rebasing: bytes[start..<(start + payloadLength)])),
+                                recovering: false)
+            }
+            offset += WALEntryLayout.headerSize + payloadLength
+        }
+    }
+
+    private func finishFlush(_ result: Result<Void, StoreError>, base: UInt64, end: UInt64,
                              waiters: [UnsafeContinuation<AppendWake, Never>]) {
         flushing = false
         switch result {
         case .success:
             flushCount += 1
+            applyFlushed(length: Int(end - base), base: base)
             durablePosition = end
             for waiter in waiters { waiter.resume(returning: .done(.success(()))) }
             if fillOffset > 0 { flush() }
@@ -220,10 +265,11 @@ public final class WriteAheadLog {
         }
     }
 
-    /// The segment file `index`, created and fully written with zeros first if it does not exist, so that later
-    /// writes overwrite allocated blocks (about twice as fast here as extending a file). Opening a segment for the
-    /// first time starts preparing the next one in the background, so that rolling over does not wait for a zero
-    /// fill on the write path. Concurrent callers for the same index share one preparation.
+    /// The segment file `index` for writing: an existing one, a spare one renamed to it, or a new one created and
+    /// fully written with zeros first, so that later writes overwrite allocated blocks (about twice as fast here as
+    /// extending a file). Opening a segment for the first time starts preparing the next one in the background, so
+    /// that rolling over waits for neither a rename nor a zero fill. Concurrent callers for the same index share one
+    /// preparation.
     func segment(_ index: Int, prepareNext: Bool = true) async throws(StoreError) -> File {
         if let file = segments[index] { return file }
         if preparing.contains(index) {
@@ -253,7 +299,17 @@ public final class WriteAheadLog {
     private func prepare(_ index: Int) async throws(StoreError) -> File {
         let path = segmentPath(index)
         do {
-            let exists = FileManager.default.fileExists(atPath: path)
+            var exists = FileManager.default.fileExists(atPath: path)
+            if !exists, let old = spare.popLast() {
+                // A segment nobody needs any more becomes this one. Its old entries sit at other positions, so they
+                // fail the position-seeded checksum: recovery can never take them for entries of this segment. The
+                // rename must be durable before anything is acknowledged from the segment under its new name.
+                if let file = segments.removeValue(forKey: old) { try? await file.close() }
+                try await context.rename(segmentPath(old), to: path)
+                try await context.syncDirectory(configuration.directory)
+                reusedSegments += 1
+                exists = true
+            }
             let file = try await context.open(path, options: FileOpenOptions(create: true))
             if !exists || (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) != configuration.segmentSizeBytes {
                 try await file.allocate(at: 0, length: segmentSize)
@@ -266,12 +322,56 @@ public final class WriteAheadLog {
                     offset += try await file.write(UnsafeRawBufferPointer(rebasing: zeros[..<n]), at: UInt64(offset))
                 }
                 try await file.fullSync()
+                if !exists { try await context.syncDirectory(configuration.directory) }
             }
             return file
         } catch {
             throw .io(error)
         }
     }
+
+    /// An existing segment, for reading: never created here.
+    private func existingSegment(_ index: Int) async throws(StoreError) -> File {
+        if let file = segments[index] { return file }
+        let path = segmentPath(index)
+        guard FileManager.default.fileExists(atPath: path), !spare.contains(index) else {
+            throw .corruption(file: path, position: 0, detail: "segment \(index) is missing")
+        }
+        do {
+            let file = try await context.open(path, options: FileOpenOptions())
+            if let raced = segments[index] {
+                try? await file.close()
+                return raced
+            }
+            segments[index] = file
+            return file
+        } catch {
+            throw .io(error)
+        }
+    }
+
+    /// Hands segments below `limit` that hold nothing live any more to the spare pool, to be renamed to the next
+    /// index when the log needs one. Called after a checkpoint at or past `limit`'s start is durable: recovery never
+    /// reads below it again, and `live` (the segments the checkpointed index points into) stay. Segments being read
+    /// stay too, until a later call. Spares beyond `maxSpareSegments` are deleted.
+    public func reclaim(below limit: Int, live: Set<Int>) async {
+        var candidates = Set(segments.keys)
+        candidates.formUnion(segmentsAtOpen)
+        for index in candidates.sorted() where index < limit && !live.contains(index) && readers[index] == nil
+            && !spare.contains(index) && FileManager.default.fileExists(atPath: segmentPath(index))
+        {
+            spare.append(index)
+        }
+        segmentsAtOpen.removeAll { $0 < limit && spare.contains($0) }
+        while spare.count > configuration.maxSpareSegments {
+            let index = spare.removeFirst()
+            if let file = segments.removeValue(forKey: index) { try? await file.close() }
+            try? FileManager.default.removeItem(atPath: segmentPath(index))
+        }
+    }
+
+    /// Segment indices currently held as spares.
+    public var spareSegments: [Int] { spare }
 
     /// Reads `length` bytes at WAL position `position` (an entry's payload) back from disk.
     public func read(at position: UInt64, length: Int) async throws(StoreError) -> [UInt8] {
@@ -282,8 +382,13 @@ public final class WriteAheadLog {
         let end = (offset + UInt64(length) + block - 1) / block * block
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(end - start), alignment: Int(block))
         defer { buffer.deallocate() }
+        readers[index, default: 0] += 1
+        defer {
+            readers[index]! -= 1
+            if readers[index] == 0 { readers[index] = nil }
+        }
         do {
-            let file = try await segment(index)
+            let file = try await existingSegment(index)
             var done = 0
             while done < buffer.count {
                 let n = try await file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]),
@@ -303,12 +408,18 @@ public final class WriteAheadLog {
         return Array(buffer[from..<(from + length)])
     }
 
-    /// Waits for the flush in progress (and a segment being prepared), then closes every segment file.
-    public func close() async {
+    /// Waits until every append placed so far is flushed (or failed) and no segment is being prepared.
+    public func drain() async {
         while flushing || fillOffset > 0 || !preparing.isEmpty {
-            if !flushing { flush() }
+            if !flushing && failure == nil { flush() }
+            if failure != nil && !flushing { break }
             try? await context.sleep(for: .microseconds(100))
         }
+    }
+
+    /// Waits for the flush in progress (and a segment being prepared), then closes every segment file.
+    public func close() async {
+        await drain()
         for (_, file) in segments { try? await file.close() }
         segments = [:]
     }
