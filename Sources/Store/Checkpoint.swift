@@ -154,9 +154,10 @@ struct Checkpoint {
     /// is only overwritten while the other holds a valid checkpoint; so slot files that exist with none valid is
     /// corruption: the log before the checkpoint may be gone, and recovery cannot go on.
     static func load(directory: String, segmentSize: Int, on context: ShardContext)
-        async throws(StoreError) -> Checkpoint?
+        async throws(StoreError) -> (newest: Checkpoint, positions: [Int: UInt64])?
     {
         var best: Checkpoint?
+        var positions: [Int: UInt64] = [:]
         var failures: [String] = []
         for slot in 0..<2 {
             let path = slotPath(directory, slot)
@@ -186,6 +187,7 @@ struct Checkpoint {
                 let checkpoint = try decode(UnsafeRawBufferPointer(rebasing: buffer[..<count]),
                                             segmentSize: segmentSize)
                 if checkpoint.sequence >= best?.sequence ?? 0 { best = checkpoint }
+                positions[slot] = checkpoint.position
             } catch {
                 if case .invalid(let why) = error { failures.append("\(path): \(why)") }
             }
@@ -194,7 +196,7 @@ struct Checkpoint {
             throw .corruption(file: slotPath(directory, 0), position: 0,
                               detail: "no valid checkpoint: \(failures.joined(separator: "; "))")
         }
-        return best
+        return best.map { ($0, positions) }
     }
 }
 
@@ -206,18 +208,26 @@ final class CheckpointWriter {
     /// The newest durable checkpoint's sequence and position.
     private(set) var sequence: UInt64
     private(set) var position: UInt64
+    /// The positions of the valid checkpoint in each slot. Recovery falls back to the older one when the newer turns
+    /// out damaged, so the log from the older one's position on must stay: that is `reclaimLimit`.
+    private var slotPositions: [Int: UInt64]
     private(set) var written = 0
     /// Time the last checkpoint spent encoding on the shard (synchronous) and writing (asynchronous).
     private(set) var lastEncode: Duration = .zero
     private(set) var lastWrite: Duration = .zero
 
-    init(directory: String, segmentSize: Int, context: ShardContext, sequence: UInt64, position: UInt64) {
+    init(directory: String, segmentSize: Int, context: ShardContext, sequence: UInt64, position: UInt64,
+         slotPositions: [Int: UInt64]) {
         self.directory = directory
         self.segmentSize = segmentSize
         self.context = context
         self.sequence = sequence
         self.position = position
+        self.slotPositions = slotPositions
     }
+
+    /// The WAL position below which no checkpoint recovery could load needs the log: the oldest valid slot's.
+    var reclaimLimit: UInt64 { slotPositions.values.min() ?? 0 }
 
     /// Encodes `ranges` (their state now, which reflects the WAL exactly up to `position`) and makes the checkpoint
     /// durable. Returns the segments its index points into.
@@ -239,6 +249,8 @@ final class CheckpointWriter {
         lastEncode = encoded - began
         let slot = Int(next % 2)
         let path = Checkpoint.slotPath(directory, slot)
+        // From here until the write is durable the slot holds nothing valid.
+        slotPositions[slot] = nil
         let fresh = !FileManager.default.fileExists(atPath: path)
         let target = fresh ? path + ".tmp" : path
         do throws(IOError) {
@@ -265,6 +277,7 @@ final class CheckpointWriter {
             throw .io(error)
         }
         lastWrite = clock.now - encoded
+        slotPositions[slot] = position
         sequence = next
         self.position = position
         written += 1

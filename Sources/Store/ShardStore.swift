@@ -97,12 +97,14 @@ public final class ShardStore {
             throw .io(IOError(.open, .system(errno: EACCES), target: directory))
         }
         let segmentSize = configuration.wal.segmentSizeBytes
-        let checkpoint = try await Checkpoint.load(directory: directory, segmentSize: segmentSize, on: context)
+        let loaded = try await Checkpoint.load(directory: directory, segmentSize: segmentSize, on: context)
+        let checkpoint = loaded?.newest
         let index = StoreIndex(ranges: checkpoint?.ranges ?? [:], cacheBytes: configuration.cacheBytes)
         let start = checkpoint?.position ?? 0
         let wal = try await WriteAheadLog.open(configuration.wal, on: context, from: start, sink: index)
         let checkpoints = CheckpointWriter(directory: directory, segmentSize: segmentSize, context: context,
-                                           sequence: checkpoint?.sequence ?? 0, position: start)
+                                           sequence: checkpoint?.sequence ?? 0, position: start,
+                                           slotPositions: loaded?.positions ?? [:])
         let store = ShardStore(configuration: configuration, context: context, wal: wal, index: index,
                                checkpoints: checkpoints)
         if checkpoint == nil || wal.durablePosition > start {
@@ -110,7 +112,7 @@ public final class ShardStore {
             // replays from the older checkpoint again, and no segment is reused until a checkpoint is written.
             try? await store.checkpoint()
         } else {
-            await store.reclaim(below: start)
+            await store.reclaim(below: checkpoints.reclaimLimit)
         }
         return store
     }
@@ -164,7 +166,10 @@ public final class ShardStore {
             throw error
         }
         checkpointFailure = nil
-        await wal.reclaim(below: Int(position / UInt64(configuration.wal.segmentSizeBytes)), live: live)
+        // Segments below the older checkpoint's position that its index does not point into (nor this one's: the
+        // newer index only ever points into fewer old segments) are no longer needed by any recovery.
+        await wal.reclaim(below: Int(checkpoints.reclaimLimit / UInt64(configuration.wal.segmentSizeBytes)),
+                          live: live)
     }
     private var checkpointWaiters: [UnsafeContinuation<Void, Never>] = []
 

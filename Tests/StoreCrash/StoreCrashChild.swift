@@ -1,7 +1,8 @@
 // The child process of the store's crash tests (Tests/StoreTests/CrashTests.swift): opens a store in the directory
-// given, appends batches to one range with several appends in flight, and prints `ACK <end>` for every append
-// acknowledged as durable, until it is killed. Batch contents are a function of their offsets, so the parent can
-// check every byte after recovery.
+// given, appends batches to four ranges with several appends in flight per range, and prints `ACK <stream> <end>`
+// for every append acknowledged as durable, until it is killed. It trims each range now and then (printing
+// `TRIM <stream> <offset>` first), so that checkpoints and segment reuse happen under the kills. Batch contents are a
+// function of their offsets, so the parent can check every byte after recovery.
 import Foundation
 import Reactor
 import Records
@@ -22,6 +23,16 @@ func crashTestBatch(_ key: RangeKey, _ offset: UInt64, count: Int) throws -> [UI
     ).encoded()
 }
 
+/// The ranges the child writes, one stream each.
+let crashTestRanges = (42..<46).map { RangeKey(streamID: UInt64($0), index: 0) }
+
+/// Small segments and frequent checkpoints, so that a run goes through many of both.
+func crashTestConfiguration(_ directory: String) -> StoreConfiguration {
+    StoreConfiguration(wal: WALConfiguration(directory: directory, segmentSizeBytes: 256 << 10,
+                                             maxFlushBytes: 32 << 10, maxSpareSegments: 2),
+                       checkpointIntervalBytes: 384 << 10)
+}
+
 func say(_ line: String) {
     let bytes = Array((line + "\n").utf8)
     _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
@@ -36,36 +47,50 @@ struct StoreCrashChild {
         }
         let directory = CommandLine.arguments[1]
         let reactor = try Reactor(configuration: .testing(shards: 1))
-        let key = RangeKey(streamID: 42, index: 0)
         _ = try await reactor.run(on: 0) { context -> Int in
-            let configuration = StoreConfiguration(
-                wal: WALConfiguration(directory: directory, segmentSizeBytes: 256 << 10, maxFlushBytes: 32 << 10))
-            let store = ShardBound(try await ShardStore.open(configuration, on: context))
-            try await store.value.createRange(key, start: 0)
-            var next = store.value.describe(key)!.confirmedEnd
-            say("START \(next)")
+            let store = ShardBound(try await ShardStore.open(crashTestConfiguration(directory), on: context))
             try await withThrowingTaskGroup(of: Void.self) { group in
-                var inFlight = 0
-                while true {
-                    let count = Int(next % 7) + 1
-                    let bytes = try crashTestBatch(key, next, count: count)
-                    next += UInt64(count)
-                    group.addTask {
-                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
-                        defer { buffer.deallocate() }
-                        buffer.copyBytes(from: bytes)
-                        let view = try RecordBatchView(validating: UnsafeRawBufferPointer(buffer))
-                        let outcome = try await store.value.append(view)
-                        if case .committed(let end) = outcome { say("ACK \(end)") }
-                    }
-                    inFlight += 1
-                    if inFlight >= 8 {
-                        try await group.next()
-                        inFlight -= 1
-                    }
+                for key in crashTestRanges {
+                    try await store.value.createRange(key, start: 0)
+                    group.addTask { try await appendForever(store, key) }
                 }
+                say("START")
+                try await group.waitForAll()
             }
             return 0  // not reached: the child runs until it is killed
+        }
+    }
+}
+
+/// Appends to `key` with eight appends in flight, trimming all but the last 2,000 records every 500 or so.
+func appendForever(_ store: ShardBound<ShardStore>, _ key: RangeKey) async throws {
+    var next = store.value.describe(key)!.confirmedEnd
+    var trimmed = store.value.describe(key)!.start
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        var inFlight = 0
+        while true {
+            let count = Int(next % 7) + 1
+            let bytes = try crashTestBatch(key, next, count: count)
+            next += UInt64(count)
+            group.addTask {
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+                defer { buffer.deallocate() }
+                buffer.copyBytes(from: bytes)
+                let view = try RecordBatchView(validating: UnsafeRawBufferPointer(buffer))
+                let outcome = try await store.value.append(view)
+                if case .committed(let end) = outcome { say("ACK \(key.streamID) \(end)") }
+            }
+            inFlight += 1
+            if inFlight >= 8 {
+                try await group.next()
+                inFlight -= 1
+            }
+            let confirmed = store.value.describe(key)!.confirmedEnd
+            if confirmed > trimmed + 2_500 {
+                trimmed = confirmed - 2_000
+                say("TRIM \(key.streamID) \(trimmed)")
+                try await store.value.trim(key, below: trimmed)
+            }
         }
     }
 }

@@ -146,6 +146,13 @@ struct Recovery {
             index += 1
             offset = 0
         }
+        // The log ends in segment `index`. The next one may exist already (prepared ahead) and so may the one after
+        // (prepared when a flush that never became durable opened the next); any later one held log that the scan
+        // could not reach: a segment in between is missing or damaged.
+        if let beyond = indices.first(where: { $0 > index + 2 }) {
+            throw .corruption(file: path(beyond), position: 0,
+                              detail: "the log ends in segment \(index) but segment \(beyond) exists")
+        }
         return try await finish(at: tail, segment: index, lastPreviousFlushEnd: lastPreviousFlushEnd,
                                 window: &window)
     }

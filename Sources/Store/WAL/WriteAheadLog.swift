@@ -38,8 +38,8 @@ public final class WriteAheadLog {
     private var fillPreviousEnd: UInt64 = 0
     private var fillLimit = 0
     private var fillOffset = 0
-    private var fillWaiters: [UnsafeContinuation<AppendWake, Never>] = []
-    private var spaceWaiters: [UnsafeContinuation<AppendWake, Never>] = []
+    private var fillWaiters: [PlacedEntry] = []
+    private var spaceWaiters: [WaitingEntry] = []
     private var flushing = false
     private var flushScheduled = false
     private var failure: StoreError?
@@ -115,46 +115,57 @@ public final class WriteAheadLog {
 
     // MARK: - Append
 
-    /// Appends one entry and returns its WAL position once it is durable. Waits while the next flush is full or
-    /// `maxWaitingAppends` appends already wait. After a failed write the log refuses every append (`walFailed`).
+    /// Appends one entry and returns its WAL position once it is durable. Entries take their places in the log in
+    /// the order of the calls, also when some wait: while the next flush is full, or `maxWaitingAppends` appends
+    /// already wait, the caller waits in line, and later callers line up behind it. After a failed write the log
+    /// refuses every append (`walFailed`).
     public func append(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer) async throws(StoreError) -> UInt64 {
         guard payload.count <= configuration.maxEntryPayloadBytes else {
             throw .entryTooLarge(bytes: payload.count, limit: configuration.maxEntryPayloadBytes)
         }
-        let size = WALEntryLayout.headerSize + payload.count
-        while true {
-            if let failure { throw .walFailed("\(failure)") }
-            var position: UInt64 = 0
-            // Placing the entry, registering its waiter and scheduling the flush happen in the continuation's body,
-            // with no suspension between them: the await itself may hop, and a flush that ran in between would
-            // carry the entry without its waiter.
-            let wake = await withUnsafeContinuation { (continuation: UnsafeContinuation<AppendWake, Never>) in
-                if failure != nil { return continuation.resume(returning: .retry) }
-                if fillBase == nil { startFilling(size) }
-                guard WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit,
-                      fillWaiters.count < configuration.maxWaitingAppends
-                else {
-                    spaceWaiters.append(continuation)
-                    return
-                }
-                position = fillBase! + UInt64(fillOffset)
-                WALEntryLayout.write(kind: kind, payload: payload, previousFlushEnd: fillPreviousEnd, into: filling,
-                                     at: fillOffset, base: fillBase!)
-                fillOffset += size
-                fillWaiters.append(continuation)
-                if !flushing && !flushScheduled {
-                    // Flush at the end of this loop turn, so that appends made in the same turn share the write.
-                    flushScheduled = true
-                    let log = ShardBound(self)
-                    context.shard.post { log.value.flush() }
-                }
-            }
-            switch wake {
-            case .retry: continue
-            case .done(.success): return position
-            case .done(.failure(let error)): throw error
-            }
+        if let failure { throw .walFailed("\(failure)") }
+        // Placing the entry, registering its waiter and scheduling the flush happen in the continuation's body, with
+        // no suspension between them: the await itself may hop, and a flush that ran in between would carry the
+        // entry without its waiter.
+        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>) in
+            if let failure { return continuation.resume(returning: .failure(.walFailed("\(failure)"))) }
+            if spaceWaiters.isEmpty && place(kind, payload, continuation) { return }
+            spaceWaiters.append(WaitingEntry(kind: kind, payload: payload, continuation: continuation))
         }
+        return try result.get()
+    }
+
+    /// Copies the entry into the filling buffer when it has room (and fewer than `maxWaitingAppends` wait on it).
+    private func place(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer,
+                       _ continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>) -> Bool {
+        let size = WALEntryLayout.headerSize + payload.count
+        if fillBase == nil { startFilling(size) }
+        guard WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit,
+              fillWaiters.count < configuration.maxWaitingAppends
+        else { return false }
+        let position = fillBase! + UInt64(fillOffset)
+        WALEntryLayout.write(kind: kind, payload: payload, previousFlushEnd: fillPreviousEnd, into: filling,
+                             at: fillOffset, base: fillBase!)
+        fillOffset += size
+        fillWaiters.append(PlacedEntry(position: position, continuation: continuation))
+        if !flushing && !flushScheduled {
+            // Flush at the end of this loop turn, so that appends made in the same turn share the write.
+            flushScheduled = true
+            let log = ShardBound(self)
+            context.shard.post { log.value.flush() }
+        }
+        return true
+    }
+
+    /// Moves appenders waiting in line into the filling buffer, in order, as far as it has room.
+    private func placeWaiting() {
+        var placed = 0
+        while placed < spaceWaiters.count {
+            let entry = spaceWaiters[placed]
+            guard place(entry.kind, entry.payload, entry.continuation) else { break }
+            placed += 1
+        }
+        if placed > 0 { spaceWaiters.removeFirst(placed) }
     }
 
     /// Places the filling buffer at the next flush position, or at the next segment when the entry cannot fit in
@@ -187,10 +198,8 @@ public final class WriteAheadLog {
         fillOffset = 0
         nextFlushPosition = base + UInt64(end)
         nextFillPreviousEnd = base + UInt64(end)
-        // Appenders waiting for room can fill the other buffer while this one is written.
-        let woken = spaceWaiters
-        spaceWaiters = []
-        for waiter in woken { waiter.resume(returning: .retry) }
+        // Appenders waiting for room fill the other buffer while this one is written.
+        placeWaiting()
 
         let log = ShardBound(self)
         context.spawn {
@@ -242,26 +251,26 @@ public final class WriteAheadLog {
     }
 
     private func finishFlush(_ result: Result<Void, StoreError>, base: UInt64, end: UInt64,
-                             waiters: [UnsafeContinuation<AppendWake, Never>]) {
+                             waiters: [PlacedEntry]) {
         flushing = false
         switch result {
         case .success:
             flushCount += 1
             applyFlushed(length: Int(end - base), base: base)
             durablePosition = end
-            for waiter in waiters { waiter.resume(returning: .done(.success(()))) }
+            for waiter in waiters { waiter.continuation.resume(returning: .success(waiter.position)) }
             if fillOffset > 0 { flush() }
         case .failure(let error):
             // What this flush carried is not durable, and later flushes could not be told apart from it after a
             // crash: stop the log. Everyone waiting gets the error; the appends were not acknowledged.
             failure = error
-            for waiter in waiters { waiter.resume(returning: .done(.failure(error))) }
+            for waiter in waiters { waiter.continuation.resume(returning: .failure(error)) }
             let pending = fillWaiters
             fillWaiters = []
-            for waiter in pending { waiter.resume(returning: .done(.failure(.walFailed("\(error)")))) }
-            let woken = spaceWaiters
+            for waiter in pending { waiter.continuation.resume(returning: .failure(.walFailed("\(error)"))) }
+            let waiting = spaceWaiters
             spaceWaiters = []
-            for waiter in woken { waiter.resume(returning: .retry) }
+            for waiter in waiting { waiter.continuation.resume(returning: .failure(.walFailed("\(error)"))) }
         }
     }
 
@@ -425,9 +434,15 @@ public final class WriteAheadLog {
     }
 }
 
-/// Why an appender wakes: to look for room again, or because its flush finished.
-enum AppendWake {
-    case retry
-    case done(Result<Void, StoreError>)
+/// An append waiting in line for room in the filling buffer; its caller keeps `payload` alive while it waits.
+struct WaitingEntry {
+    let kind: WALEntryKind
+    let payload: UnsafeRawBufferPointer
+    let continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>
 }
 
+/// An append copied into a flush, waiting for it to be durable.
+struct PlacedEntry {
+    let position: UInt64
+    let continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>
+}
