@@ -26,8 +26,11 @@ struct StoreSuite {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let total = options.quick ? 8 << 20 : 64 << 20
 
-        // QD1: 4 KiB appends one at a time.
-        let qd1 = try await appendLatencies(reactor, directory: "\(root)/qd1", appenders: 1, valueBytes: 4000,
+        let only = options.only
+        // QD1: 4 KiB appends one at a time. The value is sized so that the WAL entry (24-byte header, batch header,
+        // record header, value) is exactly 4 KiB, the block fio writes.
+        let qd1 = try await appendLatencies(reactor, directory: "\(root)/qd1", appenders: 1,
+                                            valueBytes: valueBytes(forEntryBytes: 4096),
                                             totalBytes: total)
         let fioQD1 = try Fio.writeWithFdatasync(file: "\(root)/fio-qd1", sizeBytes: total, blockBytes: 4096)
         for (label, p) in [("p50", 50.0), ("p99", 99.0), ("p999", 99.9)] {
@@ -36,37 +39,101 @@ struct StoreSuite {
                  (fioQD1.write[p] ?? .nan) + (fioQD1.sync[p] ?? .nan))
         }
 
+        if only == nil || only == "qd1" {
+            try await qd1Figures(reactor, root: root, total: total, qd1: qd1)
+        }
+        if only == nil || only == "throughput" { try await throughputFigures(reactor, root: root, total: total, qd1: qd1) }
+        if only == nil || only == "read" { try await readFigures(reactor, root: root, total: total) }
+        if only == nil || only == "recovery" { try await recoveryFigures(reactor, root: root, total: total, qd1: qd1) }
+    }
+
+    private func qd1Figures(_ reactor: Reactor, root: String, total: Int, qd1: AppendRun) async throws {
         // The other durability mode: one RWF_DSYNC write per flush instead of a write and an fdatasync.
-        let dsync = try await appendLatencies(reactor, directory: "\(root)/qd1-dsync", appenders: 1, valueBytes: 4000,
+        let dsync = try await appendLatencies(reactor, directory: "\(root)/qd1-dsync", appenders: 1,
+                                              valueBytes: valueBytes(forEntryBytes: 4096),
                                               totalBytes: total / 4, durability: .dsyncWrite)
         emit("append_qd1_dsync_p50_us", percentile(dsync.latencies, 50) / 1000, "us", .lower,
              "the same appends with write + fdatasync (the default)", percentile(qd1.latencies, 50) / 1000)
         emit("append_qd1_dsync_p99_us", percentile(dsync.latencies, 99) / 1000, "us", .lower,
              "the same appends with write + fdatasync (the default)", percentile(qd1.latencies, 99) / 1000)
 
-        // 64 appenders, 4 KiB and 64 KiB: group commit against fio at the same block size and queue depth.
-        for (label, valueBytes, block) in [("4k", 4000, 4096), ("64k", 65000, 65536)] {
-            let many = try await appendLatencies(reactor, directory: "\(root)/c\(label)", appenders: 64,
-                                                 valueBytes: valueBytes, totalBytes: total * (label == "4k" ? 1 : 4))
-            let fio = try Fio.writeWithFdatasync(file: "\(root)/fio-\(label)", sizeBytes: total * (label == "4k" ? 1 : 4),
-                                                 blockBytes: block, queueDepth: 64)
-            emit("append_throughput_\(label)_mib_s", many.bytesPerSecond / 1_048_576, "MiB/s", .higher,
-                 "fio \(label) write+fdatasync, QD64", fio.bandwidth / 1_048_576)
+    }
+
+    private func throughputFigures(_ reactor: Reactor, root: String, total: Int, qd1: AppendRun) async throws {
+        // 64 appenders, 4 KiB and 64 KiB: group commit against fio at the same block size and queue depth. Two
+        // states of the disk: a new store whose segments are being created (against fio writing a new file), and a
+        // store in its steady state, reusing segments it has written before (against fio overwriting its file).
+        for (label, block) in [("4k", 4096), ("64k", 65536)] {
+            let size = total * (label == "4k" ? 1 : 4)
+            let value = valueBytes(forEntryBytes: block)
+            let fresh = try await appendLatencies(reactor, directory: "\(root)/c\(label)", appenders: 64,
+                                                  valueBytes: value, totalBytes: size)
+            let fioFresh = try Fio.writeWithFdatasync(file: "\(root)/fio-\(label)", sizeBytes: size, blockBytes: block,
+                                                      queueDepth: 64)
+            let steady = try await appendLatencies(reactor, directory: "\(root)/s\(label)", appenders: 64,
+                                                   valueBytes: value, totalBytes: size, warmUp: true)
+            let fioOverwrite = try Fio.writeWithFdatasync(file: "\(root)/fio-\(label)", sizeBytes: size,
+                                                          blockBytes: block, queueDepth: 64)
+            emit("append_throughput_\(label)_mib_s", steady.bytesPerSecond / 1_048_576, "MiB/s", .higher,
+                 "fio \(label) write+fdatasync, QD64, overwriting its file (both in steady state)",
+                 fioOverwrite.bandwidth / 1_048_576)
+            emit("append_throughput_\(label)_new_store_mib_s", fresh.bytesPerSecond / 1_048_576, "MiB/s", .higher,
+                 "fio \(label) write+fdatasync, QD64, writing a new file", fioFresh.bandwidth / 1_048_576)
             if label == "4k" {
-                emit("append_concurrent_p999_us", percentile(many.latencies, 99.9) / 1000, "us", .lower,
+                emit("append_concurrent_p999_us", percentile(steady.latencies, 99.9) / 1000, "us", .lower,
                      "the QD1 append p99.9 of this run", percentile(qd1.latencies, 99.9) / 1000)
             }
         }
+    }
 
-        // Reads of what the QD1 run wrote: from the cache, then from disk after a restart; and recovery time.
-        let reads = try await readAndRecover(reactor, directory: "\(root)/qd1")
+    private func readFigures(_ reactor: Reactor, root: String, total: Int) async throws {
+        // Reads of what the QD1 run wrote: from the cache, then from disk after a restart.
+        let reads = try await readBack(reactor, directory: "\(root)/qd1")
         let fioRead = try Fio.sequentialRead(file: "\(root)/fio-qd1", sizeBytes: total, blockBytes: 131072)
         emit("read_hot_gib_s", reads.hot / 1_073_741_824, "GiB/s", .higher, "fio sequential O_DIRECT read, 128k, QD8",
              fioRead / 1_073_741_824)
         emit("read_warm_gib_s", reads.warm / 1_073_741_824, "GiB/s", .higher,
              "fio sequential O_DIRECT read, 128k, QD8", fioRead / 1_073_741_824)
-        emit("recovery_s_per_gib", reads.recoverySecondsPerGiB, "s/GiB", .lower,
-             "reading the same bytes with fio (sequential, 128k, QD8)", 1_073_741_824 / fioRead)
+
+    }
+
+    private func recoveryFigures(_ reactor: Reactor, root: String, total: Int, qd1: AppendRun) async throws {
+        // Recovery after a crash (the store dropped without close, so no closing checkpoint). First with checkpoints
+        // only at open: the whole log is replayed, the scan rate. Then with the default interval, over four times as
+        // much log: only the log after the last checkpoint is replayed.
+        let crashTotal = total * 4
+        _ = try await appendLatencies(reactor, directory: "\(root)/rec-full", appenders: 64, valueBytes: 4000,
+                                             totalBytes: crashTotal, checkpointInterval: 0, crash: true)
+        let fullRecovery = try await recover(reactor, directory: "\(root)/rec-full", checkpointInterval: 0)
+        let fioRecovery = try Fio.sequentialRead(file: "\(root)/fio-rec", sizeBytes: crashTotal, blockBytes: 131072)
+        emit("recovery_scan_s_per_gib", fullRecovery.seconds / (Double(fullRecovery.replayed) / 1_073_741_824),
+             "s/GiB", .lower, "reading the same bytes with fio (sequential, 128k, QD8)", 1_073_741_824 / fioRecovery)
+        let interval = 16 << 20
+        _ = try await appendLatencies(reactor, directory: "\(root)/rec-ckpt", appenders: 64, valueBytes: 4000,
+                                      totalBytes: crashTotal, checkpointInterval: interval, crash: true)
+        let checkpointed = try await recover(reactor, directory: "\(root)/rec-ckpt", checkpointInterval: interval)
+        emit("recovery_checkpointed_s", checkpointed.seconds, "s", .lower,
+             "replaying the whole \(crashTotal >> 20) MiB log (checkpoints off), same run", fullRecovery.seconds)
+        emit("recovery_checkpointed_replayed_mib", Double(checkpointed.replayed) / 1_048_576, "MiB", .lower,
+             "log written, MiB", Double(checkpointed.walBytes) / 1_048_576)
+        emit("checkpoint_encode_us", Double(checkpointed.encode.components.attoseconds) / 1e12
+                 + Double(checkpointed.encode.components.seconds) * 1e6, "us", .lower,
+             "the QD1 append p99.9 of this run (encoding runs on the shard)", percentile(qd1.latencies, 99.9) / 1000)
+    }
+
+    /// The value size that makes a one-record batch's WAL entry exactly `entryBytes` long.
+    private func valueBytes(forEntryBytes entryBytes: Int) -> Int {
+        let probe = 1000
+        let encoded = (try? RecordBatch(streamID: 0, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                        records: [Record(timestamp: 0, value: [UInt8](repeating: 0, count: probe))])
+            .encoded().count) ?? probe
+        let overhead = encoded - probe + WALEntryLayout.headerSize
+        // A longer value also lengthens the record's varint length prefix; probe once more at the target.
+        let value = entryBytes - overhead
+        let check = (try? RecordBatch(streamID: 0, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                      records: [Record(timestamp: 0, value: [UInt8](repeating: 0, count: value))])
+            .encoded().count) ?? value
+        return value - (check + WALEntryLayout.headerSize - entryBytes)
     }
 
     private func allowedCPUs() -> [Int] {
@@ -80,72 +147,112 @@ struct StoreSuite {
         var bytesPerSecond: Double
     }
 
-    private func configuration(_ directory: String, durability: WALConfiguration.Durability = .fdatasync)
-        -> StoreConfiguration
+    private func configuration(_ directory: String, durability: WALConfiguration.Durability = .fdatasync,
+                               checkpointInterval: Int = 64 << 20) -> StoreConfiguration
     {
         StoreConfiguration(wal: WALConfiguration(directory: directory, segmentSizeBytes: 64 << 20,
-                                                 maxFlushBytes: 1 << 20, durability: durability),
-                           cacheBytes: 256 << 20)
+                                                 maxFlushBytes: 1 << 20, durability: durability,
+                                                 maxSpareSegments: 16),
+                           cacheBytes: 256 << 20, checkpointIntervalBytes: checkpointInterval)
     }
 
     /// `appenders` tasks, each appending one-record batches of `valueBytes` to its own range, until `totalBytes`.
+    /// `appenders` tasks, each appending one-record batches of `valueBytes` to its own range, until `totalBytes`.
+    /// With `warmUp`, the same amount is appended, trimmed and checkpointed away first, untimed, so that the timed
+    /// appends reuse segments (the steady state of a store with retention).
     private func appendLatencies(_ reactor: Reactor, directory: String, appenders: Int, valueBytes: Int,
-                                 totalBytes: Int, durability: WALConfiguration.Durability = .fdatasync)
+                                 totalBytes: Int, durability: WALConfiguration.Durability = .fdatasync,
+                                 checkpointInterval: Int = 64 << 20, crash: Bool = false, warmUp: Bool = false)
         async throws -> AppendRun
     {
-        let configuration = configuration(directory, durability: durability)
+        let configuration = configuration(directory, durability: durability, checkpointInterval: checkpointInterval)
         return try await reactor.run(on: 0) { context -> AppendRun in
             let store = ShardBound(try await ShardStore.open(configuration, on: context))
             let perAppender = max(1, totalBytes / valueBytes / appenders)
             for a in 0..<appenders { try await store.value.createRange(RangeKey(streamID: UInt64(a), index: 0), start: 0) }
-            let start = cs_monotonic_ns()
-            let latencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in
-                for a in 0..<appenders {
-                    group.addTask {
-                        let key = RangeKey(streamID: UInt64(a), index: 0)
-                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: valueBytes + 256, alignment: 8)
-                        defer { buffer.deallocate() }
-                        let value = [UInt8](repeating: UInt8(a & 0xFF), count: valueBytes)
-                        var samples: [UInt64] = []
-                        samples.reserveCapacity(perAppender)
-                        for i in 0..<perAppender {
-                            var builder = try RecordBatchBuilder(into: buffer, streamID: key.streamID, rangeIndex: 0,
-                                                                 baseOffset: UInt64(i), baseTimestamp: 0)
-                            try value.withUnsafeBytes { try builder.append(timestamp: 0, value: $0) }
-                            let length = builder.finish()
-                            let view = try RecordBatchView(validating: UnsafeRawBufferPointer(rebasing: buffer[..<length]))
-                            let t0 = cs_monotonic_ns()
-                            let outcome = try await store.value.append(view)
-                            samples.append(cs_monotonic_ns() - t0)
-                            guard case .committed = outcome else { throw PerfError("append answered \(outcome)") }
-                        }
-                        return samples
-                    }
-                }
-                return try await group.reduce(into: [UInt64]()) { $0 += $1 }
+            var base: UInt64 = 0
+            if warmUp {
+                _ = try await appendPass(store, appenders: appenders, perAppender: perAppender, valueBytes: valueBytes,
+                                         base: 0)
+                base = UInt64(perAppender)
+                for a in 0..<appenders { try await store.value.trim(RangeKey(streamID: UInt64(a), index: 0), below: base) }
+                // Segments are reused below the older of the two checkpoints: two of them.
+                try await store.value.checkpoint()
+                try await store.value.checkpoint()
+                try await store.value.prepareAhead()
             }
+            let start = cs_monotonic_ns()
+            let latencies = try await appendPass(store, appenders: appenders, perAppender: perAppender,
+                                                 valueBytes: valueBytes, base: base)
             let elapsed = Double(cs_monotonic_ns() - start) / 1e9
-            await store.value.close()
+            // A crash: dropped without close, so without the closing checkpoint.
+            if !crash { await store.value.close() }
             return AppendRun(latencies: latencies.sorted(),
                              bytesPerSecond: Double(perAppender * appenders * valueBytes) / elapsed)
+        }
+    }
+
+    private func appendPass(_ store: ShardBound<ShardStore>, appenders: Int, perAppender: Int, valueBytes: Int,
+                            base: UInt64) async throws -> [UInt64] {
+        try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for a in 0..<appenders {
+                group.addTask {
+                    let key = RangeKey(streamID: UInt64(a), index: 0)
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: valueBytes + 256, alignment: 8)
+                    defer { buffer.deallocate() }
+                    let value = [UInt8](repeating: UInt8(a & 0xFF), count: valueBytes)
+                    var samples: [UInt64] = []
+                    samples.reserveCapacity(perAppender)
+                    for i in 0..<perAppender {
+                        var builder = try RecordBatchBuilder(into: buffer, streamID: key.streamID, rangeIndex: 0,
+                                                             baseOffset: base + UInt64(i), baseTimestamp: 0)
+                        try value.withUnsafeBytes { try builder.append(timestamp: 0, value: $0) }
+                        let length = builder.finish()
+                        let view = try RecordBatchView(validating: UnsafeRawBufferPointer(rebasing: buffer[..<length]))
+                        let t0 = cs_monotonic_ns()
+                        let outcome = try await store.value.append(view)
+                        samples.append(cs_monotonic_ns() - t0)
+                        guard case .committed = outcome else { throw PerfError("append answered \(outcome)") }
+                    }
+                    return samples
+                }
+            }
+            return try await group.reduce(into: [UInt64]()) { $0 += $1 }
         }
     }
 
     private struct ReadRun: Sendable {
         var hot: Double
         var warm: Double
-        var recoverySecondsPerGiB: Double
     }
 
-    private func readAndRecover(_ reactor: Reactor, directory: String) async throws -> ReadRun {
+    private struct RecoveryRun: Sendable {
+        var seconds: Double
+        var replayed: UInt64
+        var walBytes: UInt64
+        var encode: Duration
+    }
+
+    /// Opens the store in `directory` (after a crash): how long recovery took and how much log it replayed.
+    private func recover(_ reactor: Reactor, directory: String, checkpointInterval: Int) async throws -> RecoveryRun {
+        let configuration = configuration(directory, checkpointInterval: checkpointInterval)
+        return try await reactor.run(on: 0) { context -> RecoveryRun in
+            let start = cs_monotonic_ns()
+            let store = try await ShardStore.open(configuration, on: context)
+            let seconds = Double(cs_monotonic_ns() - start) / 1e9
+            let run = RecoveryRun(seconds: seconds, replayed: store.recoveredBytes, walBytes: store.walBytes,
+                                  encode: store.lastCheckpointEncode)
+            await store.close()
+            return run
+        }
+    }
+
+    private func readBack(_ reactor: Reactor, directory: String) async throws -> ReadRun {
         let configuration = configuration(directory)
         let key = RangeKey(streamID: 0, index: 0)
-        // Recovery (open) and warm reads on a fresh store: its cache is empty.
+        // Warm reads on a fresh store: its cache is empty.
         return try await reactor.run(on: 0) { context -> ReadRun in
-            var start = cs_monotonic_ns()
             let store = ShardBound(try await ShardStore.open(configuration, on: context))
-            let recovered = Double(cs_monotonic_ns() - start) / 1e9
-            let walBytes = Double(store.value.walBytes)
             let end = store.value.describe(key)?.confirmedEnd ?? 0
             func readAll() async throws -> Int {
                 var offset: UInt64 = 0
@@ -159,7 +266,7 @@ struct StoreSuite {
                 }
                 return bytes
             }
-            start = cs_monotonic_ns()
+            var start = cs_monotonic_ns()
             let warmBytes = try await readAll()
             let warm = Double(warmBytes) / (Double(cs_monotonic_ns() - start) / 1e9)
             // The warm read filled nothing; append-time caching is what makes reads hot. Read a tail that was just
@@ -191,7 +298,7 @@ struct StoreSuite {
             }
             let hot = Double(hotBytes) / (Double(cs_monotonic_ns() - start) / 1e9)
             await hotStore.value.close()
-            return ReadRun(hot: hot, warm: warm, recoverySecondsPerGiB: recovered / (walBytes / 1_073_741_824))
+            return ReadRun(hot: hot, warm: warm)
         }
     }
 }

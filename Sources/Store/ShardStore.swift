@@ -34,7 +34,7 @@ final class StoreIndex: WALSink {
             range.add(BatchLocation(baseOffset: view.baseOffset, endOffset: view.endOffset,
                                     payloadPosition: entry.position + UInt64(WALEntryLayout.headerSize),
                                     length: entry.payload.count, maxTimestamp: view.maxTimestamp))
-            if !recovering { cache.insert(Array(entry.payload), range: key, baseOffset: view.baseOffset) }
+            if !recovering { cache.insert(entry.payload, range: key, baseOffset: view.baseOffset) }
             range.settled()
         case .createRange, .sealRange, .trimRange, .deleteRange:
             guard let record = RangeRecord(entry.payload) else {
@@ -114,6 +114,9 @@ public final class ShardStore {
         } else {
             await store.reclaim(below: checkpoints.reclaimLimit)
         }
+        // Best effort: on a full disk the store still opens and serves reads; an append that needs the segment gets
+        // the error.
+        try? await wal.prepareAhead()
         return store
     }
 
@@ -172,6 +175,12 @@ public final class ShardStore {
                           live: live)
     }
     private var checkpointWaiters: [UnsafeContinuation<Void, Never>] = []
+
+    /// Makes the segment the next flush writes into, and the one after it, ready (see `WriteAheadLog.prepareAhead`).
+    public func prepareAhead() async throws(StoreError) {
+        onShard()
+        try await wal.prepareAhead()
+    }
 
     private func reclaim(below position: UInt64) async {
         var live = Set<Int>()
@@ -318,7 +327,7 @@ public final class ShardStore {
             var end = position + 1
             let segment = locations[position].payloadPosition / UInt64(configuration.wal.segmentSizeBytes)
             while end < locations.count,
-                  cache.lookup(range: key, baseOffset: locations[end].baseOffset) == nil,
+                  !cache.contains(range: key, baseOffset: locations[end].baseOffset),
                   locations[end].payloadPosition / UInt64(configuration.wal.segmentSizeBytes) == segment,
                   locations[end].payloadPosition + UInt64(locations[end].length)
                       - locations[position].payloadPosition <= UInt64(4 << 20)

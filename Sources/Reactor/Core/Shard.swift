@@ -250,8 +250,10 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// must stay valid until this returns (they do when they live in the caller's frame or the scratch memory).
     /// `offloaded` marks requests the kernel runs on its io-wq threads (see `CompletionTable.offloadedInFlight`).
     /// A negative result becomes an `IOError` naming `operation` and `target`.
+    /// `urgent` hands the request to the kernel at once instead of at the end of the loop turn (for a request the
+    /// work queued behind it should not delay, such as a WAL flush).
     func perform(
-        _ operation: IOOperation, target: @autoclosure () -> String, offloaded: Bool = false,
+        _ operation: IOOperation, target: @autoclosure () -> String, offloaded: Bool = false, urgent: Bool = false,
         _ prepare: (OpaquePointer, UInt64, UnsafeMutableRawPointer) -> Int32
     ) async throws(IOError) -> Int32 {
         // The request is prepared and its waiter set inside the continuation's body, which runs on this shard with
@@ -264,6 +266,7 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
                     let userData = try startRequest(operation, target: target(), offloaded: offloaded, prepare)
                     completions.setWaiter(userData, .continuation(continuation))
                     request.userData = userData
+                    if urgent, let ring { _ = cs_ring_submit(ring) }
                 } catch {
                     request.error = error
                     continuation.resume(returning: 0)

@@ -99,14 +99,23 @@ public final class File: ShardFile {
         return Int(result)
     }
 
+    /// Writes `buffer` at `offset`; `durable` adds RWF_DSYNC. `urgent` hands the request to the kernel at once
+    /// rather than at the end of the loop turn.
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, durable: Bool = false)
+        async throws(IOError) -> Int
+    {
+        try await write(buffer, at: offset, durable: durable, urgent: false)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, durable: Bool, urgent: Bool)
         async throws(IOError) -> Int
     {
         try checkOpen(.write)
         try checkAlignment(.write, address: buffer.baseAddress, count: buffer.count, offset: offset)
         let fd = descriptor
         let flags = durable ? cs_rwf_dsync() : 0
-        let result = try await shard.perform(.write, target: path, offloaded: durable) { ring, userData, _ in
+        let result = try await shard.perform(.write, target: path, offloaded: durable,
+                                             urgent: urgent) { ring, userData, _ in
             cs_prep_write(ring, fd, buffer.baseAddress, UInt32(buffer.count), offset, flags, userData)
         }
         return Int(result)
@@ -156,9 +165,13 @@ public final class File: ShardFile {
     }
 
     public func sync() async throws(IOError) {
+        try await sync(urgent: false)
+    }
+
+    public func sync(urgent: Bool) async throws(IOError) {
         try checkOpen(.fdatasync)
         let fd = descriptor
-        _ = try await shard.perform(.fdatasync, target: path, offloaded: true) { ring, userData, _ in
+        _ = try await shard.perform(.fdatasync, target: path, offloaded: true, urgent: urgent) { ring, userData, _ in
             cs_prep_fsync(ring, fd, true, userData)
         }
     }

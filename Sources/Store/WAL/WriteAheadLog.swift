@@ -42,6 +42,8 @@ public final class WriteAheadLog {
     private var spaceWaiters: [WaitingEntry] = []
     private var flushing = false
     private var flushScheduled = false
+    /// Set while `filling` still holds a durable flush's bytes that `settle` has not handed to the sink yet.
+    private var settlePending = false
     private var failure: StoreError?
     private var preparing: Set<Int> = []
     private var preparationWaiters: [Int: [UnsafeContinuation<Void, Never>]] = [:]
@@ -138,6 +140,7 @@ public final class WriteAheadLog {
     /// Copies the entry into the filling buffer when it has room (and fewer than `maxWaitingAppends` wait on it).
     private func place(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer,
                        _ continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>) -> Bool {
+        if settlePending { return false }
         let size = WALEntryLayout.headerSize + payload.count
         if fillBase == nil { startFilling(size) }
         guard WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit,
@@ -159,6 +162,13 @@ public final class WriteAheadLog {
 
     /// Moves appenders waiting in line into the filling buffer, in order, as far as it has room.
     private func placeWaiting() {
+        if let failure {
+            let waiting = spaceWaiters
+            spaceWaiters = []
+            for waiter in waiting { waiter.continuation.resume(returning: .failure(.walFailed("\(failure)"))) }
+            return
+        }
+        if settlePending { return }
         var placed = 0
         while placed < spaceWaiters.count {
             let entry = spaceWaiters[placed]
@@ -182,10 +192,35 @@ public final class WriteAheadLog {
         fillOffset = 0
     }
 
+    /// One flush: the buffer `writing` holds, where it goes, and the appends it carries.
+    private struct Flush {
+        let base: UInt64
+        let length: Int
+        let waiters: [PlacedEntry]
+        var end: UInt64 { base + UInt64(length) }
+    }
+
     private func flush() {
         flushScheduled = false
-        guard !flushing, fillOffset > 0, let base = fillBase else { return }
+        guard !flushing, !settlePending, failure == nil, let next = takeFill() else { return }
         flushing = true
+        // Appenders waiting for room fill the other buffer while this one is written.
+        placeWaiting()
+        let log = ShardBound(self)
+        context.spawn {
+            var current = next
+            while true {
+                let result = await log.value.write(base: current.base, length: current.length)
+                guard let following = log.value.written(result, current) else { break }
+                current = following
+            }
+        }
+    }
+
+    /// Closes the filling buffer (padding it to a block boundary) and swaps it with the one written last; nil when it
+    /// holds nothing.
+    private func takeFill() -> Flush? {
+        guard fillOffset > 0, let base = fillBase else { return nil }
         let end = WALEntryLayout.paddedEnd(fillOffset)
         if end > fillOffset {
             WALEntryLayout.writePadding(into: filling, from: fillOffset, to: end, base: base,
@@ -198,14 +233,7 @@ public final class WriteAheadLog {
         fillOffset = 0
         nextFlushPosition = base + UInt64(end)
         nextFillPreviousEnd = base + UInt64(end)
-        // Appenders waiting for room fill the other buffer while this one is written.
-        placeWaiting()
-
-        let log = ShardBound(self)
-        context.spawn {
-            let result = await log.value.write(base: base, length: end)
-            log.value.finishFlush(result, base: base, end: base + UInt64(end), waiters: waiters)
-        }
+        return Flush(base: base, length: end, waiters: waiters)
     }
 
     private func write(base: UInt64, length: Int) async -> Result<Void, StoreError> {
@@ -215,10 +243,10 @@ public final class WriteAheadLog {
             let data = UnsafeRawBufferPointer(rebasing: writing[..<length])
             switch configuration.durability {
             case .fdatasync:
-                _ = try await file.write(data, at: offset, durable: false)
-                try await file.sync()
+                _ = try await file.write(data, at: offset, durable: false, urgent: true)
+                try await file.sync(urgent: true)
             case .dsyncWrite:
-                _ = try await file.write(data, at: offset, durable: true)
+                _ = try await file.write(data, at: offset, durable: true, urgent: true)
             }
             return .success(())
         } catch let error as StoreError {
@@ -230,10 +258,51 @@ public final class WriteAheadLog {
         }
     }
 
-    /// Hands every entry of the flush just made durable (still in `writing`) to the sink, in order.
-    private func applyFlushed(length: Int, base: UInt64) {
+    /// A flush's write finished. On success, the next flush (if appends are waiting in the filling buffer) is returned
+    /// for the flushing task to write at once: the disk should not wait while this flush's entries go to the sink
+    /// and its appenders wake, which `settle` does right after, as a separate job. Until then the filling buffer still
+    /// holds this flush's bytes, and nothing is placed in it.
+    private func written(_ result: Result<Void, StoreError>, _ done: Flush) -> Flush? {
+        switch result {
+        case .success:
+            flushCount += 1
+            if failure == nil, let next = takeFill() {
+                settlePending = true
+                let log = ShardBound(self)
+                context.shard.post { log.value.settle(done, from: log.value.filling) }
+                return next
+            }
+            flushing = false
+            settle(done, from: writing)
+            return nil
+        case .failure(let error):
+            flushing = false
+            // What this flush carried is not durable, and later flushes could not be told apart from it after a
+            // crash: stop the log. Everyone waiting gets the error; the appends were not acknowledged.
+            failure = error
+            for waiter in done.waiters { waiter.continuation.resume(returning: .failure(error)) }
+            let pending = fillWaiters
+            fillWaiters = []
+            for waiter in pending { waiter.continuation.resume(returning: .failure(.walFailed("\(error)"))) }
+            placeWaiting()
+            return nil
+        }
+    }
+
+    /// A durable flush: its entries go to the sink, in order, then its appenders wake, in order.
+    private func settle(_ flush: Flush, from buffer: UnsafeMutableRawBufferPointer) {
+        applyFlushed(UnsafeRawBufferPointer(buffer), length: flush.length, base: flush.base)
+        durablePosition = flush.end
+        for waiter in flush.waiters { waiter.continuation.resume(returning: .success(waiter.position)) }
+        if settlePending {
+            settlePending = false
+            placeWaiting()
+        }
+    }
+
+    /// Hands every entry of a durable flush to the sink, in order.
+    private func applyFlushed(_ bytes: UnsafeRawBufferPointer, length: Int, base: UInt64) {
         guard let sink else { return }
-        let bytes = UnsafeRawBufferPointer(writing)
         var offset = 0
         while offset + WALEntryLayout.headerSize <= length {
             let payloadLength = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 16,
@@ -247,30 +316,6 @@ public final class WriteAheadLog {
                                 recovering: false)
             }
             offset += WALEntryLayout.headerSize + payloadLength
-        }
-    }
-
-    private func finishFlush(_ result: Result<Void, StoreError>, base: UInt64, end: UInt64,
-                             waiters: [PlacedEntry]) {
-        flushing = false
-        switch result {
-        case .success:
-            flushCount += 1
-            applyFlushed(length: Int(end - base), base: base)
-            durablePosition = end
-            for waiter in waiters { waiter.continuation.resume(returning: .success(waiter.position)) }
-            if fillOffset > 0 { flush() }
-        case .failure(let error):
-            // What this flush carried is not durable, and later flushes could not be told apart from it after a
-            // crash: stop the log. Everyone waiting gets the error; the appends were not acknowledged.
-            failure = error
-            for waiter in waiters { waiter.continuation.resume(returning: .failure(error)) }
-            let pending = fillWaiters
-            fillWaiters = []
-            for waiter in pending { waiter.continuation.resume(returning: .failure(.walFailed("\(error)"))) }
-            let waiting = spaceWaiters
-            spaceWaiters = []
-            for waiter in waiting { waiter.continuation.resume(returning: .failure(.walFailed("\(error)"))) }
         }
     }
 
@@ -337,6 +382,15 @@ public final class WriteAheadLog {
         } catch {
             throw .io(error)
         }
+    }
+
+    /// Makes the segment the next flush writes into, and the one after it, ready (renamed from spares, or created
+    /// and zero-filled), so that neither waits on the write path nor competes with it in the background. The open
+    /// of a store calls it before it serves.
+    public func prepareAhead() async throws(StoreError) {
+        let current = Int(nextFlushPosition / segmentSize)
+        _ = try await segment(current, prepareNext: false)
+        _ = try await segment(current + 1, prepareNext: false)
     }
 
     /// An existing segment, for reading: never created here.
@@ -419,7 +473,7 @@ public final class WriteAheadLog {
 
     /// Waits until every append placed so far is flushed (or failed) and no segment is being prepared.
     public func drain() async {
-        while flushing || fillOffset > 0 || !preparing.isEmpty {
+        while flushing || settlePending || fillOffset > 0 || !preparing.isEmpty {
             if !flushing && failure == nil { flush() }
             if failure != nil && !flushing { break }
             try? await context.sleep(for: .microseconds(100))
