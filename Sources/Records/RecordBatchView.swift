@@ -80,6 +80,9 @@ public struct RecordBatchView {
 
     init(unchecked buffer: UnsafeRawBufferPointer) { bytes = buffer }
 
+    /// Bytes of the fixed batch header: no batch is shorter.
+    public static let minimumSize = BatchLayout.size
+
     /// A view of bytes this process already validated (with `init(validating:)`) and has not changed since: no
     /// checks at all.
     public init(alreadyValidated buffer: UnsafeRawBufferPointer) { bytes = buffer }
