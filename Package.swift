@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "Records", targets: ["Records"]),
         .library(name: "Wire", targets: ["Wire"]),
         .library(name: "Store", targets: ["Store"]),
+        .library(name: "Raft", targets: ["Raft"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
     ],
     dependencies: [
@@ -66,6 +67,8 @@ let package = Package(
         // The shard-local store: write-ahead log with group commit and crash recovery.
         .target(name: "Store", dependencies: ["Reactor", "Platform", "Records", "CSupport"],
                 swiftSettings: swiftSettings),
+        // The Raft core: pure (no I/O, no clock), driven by ticks, messages and proposals.
+        .target(name: "Raft", swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
@@ -96,6 +99,7 @@ let package = Package(
                           path: "Tests/StoreCrash", swiftSettings: swiftSettings),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport", "TestSupport"],
                     swiftSettings: swiftSettings),
+        .testTarget(name: "RaftTests", dependencies: ["Raft", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )
