@@ -206,8 +206,19 @@ public struct PersistedState: Sendable {
         self.entries = entries
     }
 
-    /// A new member of a new group: an empty log whose starting configuration is `voters`.
+    /// A member of a new group. Every initial member bootstraps the same way: its log starts with one committed
+    /// entry per initial voter (term 1, in id order) adding it, so that a member that joins later learns the whole
+    /// configuration from the log alone.
     public static func bootstrap(voters: Set<NodeID>) -> PersistedState {
-        PersistedState(snapshot: Snapshot(index: 0, term: 0, voters: voters))
+        let entries = voters.sorted().enumerated().map { offset, voter in
+            Entry(term: 1, index: UInt64(offset + 1), kind: .configuration, data: MembershipChange.add(voter).encoded())
+        }
+        return PersistedState(hardState: HardState(term: 1, vote: 0, commit: UInt64(entries.count)),
+                              snapshot: Snapshot(index: 0, term: 0, voters: voters), entries: entries)
+    }
+
+    /// A member about to be added to a running group: no log and no configuration until the leader sends them.
+    public static var joining: PersistedState {
+        PersistedState(snapshot: Snapshot(index: 0, term: 0, voters: []))
     }
 }

@@ -60,19 +60,17 @@ struct Simulation {
         self.configuration = configuration
         rng = SeededGenerator(seed: seed)
         for member in members {
-            let disk = Disk(snapshot: Snapshot(index: 0, term: 0, voters: Set(members)))
-            disks[member] = disk
-            nodes[member] = RaftNode(id: member, configuration: configuration,
-                                     restoring: PersistedState(snapshot: disk.snapshot), seed: seed &+ member)
+            let state = PersistedState.bootstrap(voters: Set(members))
+            disks[member] = Disk(hardState: state.hardState, snapshot: state.snapshot, entries: state.entries)
+            nodes[member] = RaftNode(id: member, configuration: configuration, restoring: state, seed: seed &+ member)
         }
     }
 
     /// Adds a member that starts empty and learns the configuration from the leader.
     mutating func addEmptyMember(_ member: NodeID) {
-        let disk = Disk(snapshot: Snapshot(index: 0, term: 0, voters: []))
-        disks[member] = disk
-        nodes[member] = RaftNode(id: member, configuration: configuration,
-                                 restoring: PersistedState(snapshot: disk.snapshot), seed: rng.next())
+        let state = PersistedState.joining
+        disks[member] = Disk(hardState: state.hardState, snapshot: state.snapshot, entries: state.entries)
+        nodes[member] = RaftNode(id: member, configuration: configuration, restoring: state, seed: rng.next())
     }
 
     var leader: NodeID? {
