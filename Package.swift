@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "Wire", targets: ["Wire"]),
         .library(name: "Store", targets: ["Store"]),
         .library(name: "Raft", targets: ["Raft"]),
+        .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
     ],
     dependencies: [
@@ -69,6 +70,10 @@ let package = Package(
                 swiftSettings: swiftSettings),
         // The Raft core: pure (no I/O, no clock), driven by ticks, messages and proposals.
         .target(name: "Raft", swiftSettings: swiftSettings),
+        // The placement driver's replicated state machine (streams, ranges, servers, objects, ids) on Raft.
+        .target(name: "PlacementDriver",
+                dependencies: ["Raft", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),
@@ -100,6 +105,8 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport", "TestSupport"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "TestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "PlacementDriverTests", dependencies: ["PlacementDriver", "Wire", "Raft"],
+                    swiftSettings: swiftSettings),
         .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport", "TestSupport"], swiftSettings: swiftSettings),
     ]
 )

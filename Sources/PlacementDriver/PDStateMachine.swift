@@ -1,0 +1,417 @@
+import Foundation
+import SwiftProtobuf
+import Wire
+
+/// The placement driver's replicated state: streams, their ranges, range servers, committed objects and id
+/// allocators, changed only by applying `PDCommand`s in log order. Deterministic: the same commands give the same
+/// state on every member (time comes from the command, never from the member's clock).
+public struct PDStateMachine: Sendable {
+    public struct Settings: Sendable, Hashable {
+        /// A server whose last heartbeat is older than this is not healthy: no new replicas go to it.
+        public var heartbeatTimeoutMilliseconds: Int64
+        /// Change events kept for watchers; an older `after_revision` gets REVISION_COMPACTED.
+        public var watchHistory: Int
+
+        public init(heartbeatTimeoutMilliseconds: Int64 = 10_000, watchHistory: Int = 10_000) {
+            self.heartbeatTimeoutMilliseconds = heartbeatTimeoutMilliseconds
+            self.watchHistory = watchHistory
+        }
+    }
+
+    public let settings: Settings
+    public private(set) var streams: [UInt64: StreamRecord] = [:]
+    /// Per stream, in index order (trimmed ranges are dropped from the front).
+    public private(set) var ranges: [UInt64: [RangeRecord]] = [:]
+    public private(set) var servers: [UInt64: ServerRecord] = [:]
+    public private(set) var objects: [UInt64: [ObjectRecord]] = [:]
+    private var nextID: [Elasticstream_V1_IdKind: UInt64] = [.stream: 1, .rangeServer: 1, .object: 1]
+    /// The Raft index of the last applied command.
+    public private(set) var revision: UInt64 = 0
+    private var events: [WatchEvent] = []
+
+    public init(settings: Settings = Settings()) {
+        self.settings = settings
+    }
+
+    // MARK: - Applying
+
+    /// Applies the command of the Raft entry at `index`. A refused command changes nothing and answers `.failed`.
+    public mutating func apply(_ command: PDCommand, at index: UInt64) -> PDResult {
+        revision = max(revision, index)
+        do {
+            return try applyThrowing(command)
+        } catch let error as PDError {
+            return .failed(error)
+        } catch {
+            return .failed(PDError(.badRequest, "the request does not decode: \(error)"))
+        }
+    }
+
+    private mutating func applyThrowing(_ command: PDCommand) throws -> PDResult {
+        let now = command.nowMilliseconds
+        let bytes = command.request
+        switch command.operation {
+        case .createStream:
+            return try createStream(Elasticstream_V1_CreateStreamRequest(serializedBytes: bytes).stream)
+        case .openStream:
+            let request = try Elasticstream_V1_OpenStreamRequest(serializedBytes: bytes)
+            return try openStream(request.streamID, epoch: request.epoch)
+        case .updateStream:
+            return try updateStream(Elasticstream_V1_UpdateStreamRequest(serializedBytes: bytes))
+        case .trimStream:
+            let request = try Elasticstream_V1_TrimStreamRequest(serializedBytes: bytes)
+            return try trimStream(request.streamID, epoch: request.epoch, to: request.startOffset)
+        case .deleteStream:
+            let request = try Elasticstream_V1_DeleteStreamRequest(serializedBytes: bytes)
+            return try deleteStream(request.streamID, epoch: request.epoch)
+        case .pdCreateRange:
+            let request = try Elasticstream_V1_CreateRangeRequest(serializedBytes: bytes)
+            return try createRange(request.range, epoch: request.epoch, now: now)
+        case .pdSealRange:
+            let request = try Elasticstream_V1_SealRangeRequest(serializedBytes: bytes)
+            return try sealRange(request.range, epoch: request.epoch)
+        case .registerRangeServer:
+            return try registerServer(Elasticstream_V1_RegisterRangeServerRequest(serializedBytes: bytes).server,
+                                      now: now)
+        case .rangeServerHeartbeat:
+            return try heartbeat(Elasticstream_V1_RangeServerHeartbeatRequest(serializedBytes: bytes), now: now)
+        case .allocateID:
+            let request = try Elasticstream_V1_AllocateIdRequest(serializedBytes: bytes)
+            return try allocate(request.kind, count: request.count)
+        case .commitObject:
+            return try commitObject(Elasticstream_V1_CommitObjectRequest(serializedBytes: bytes).object)
+        default:
+            throw PDError(.unsupportedOperation, "\(command.operation) does not change the placement driver's state")
+        }
+    }
+
+    private mutating func record(_ kind: Elasticstream_V1_WatchEventKind, _ set: (inout WatchEvent) -> Void) {
+        var event = WatchEvent()
+        event.kind = kind
+        event.revision = revision
+        set(&event)
+        events.append(event)
+        if events.count > settings.watchHistory { events.removeFirst(events.count - settings.watchHistory) }
+    }
+
+    // MARK: Streams
+
+    private mutating func createStream(_ requested: StreamRecord) throws -> PDResult {
+        let replicas = requested.replicaCount == 0 ? 3 : requested.replicaCount
+        let acks = requested.ackCount == 0 ? replicas / 2 + 1 : requested.ackCount
+        guard replicas <= 16 else { throw PDError(.invalidArgument, "replica_count \(replicas) is over 16") }
+        guard acks >= 1, acks <= replicas else {
+            throw PDError(.invalidArgument, "ack_count \(acks) must be between 1 and replica_count \(replicas)")
+        }
+        var stream = StreamRecord()
+        stream.streamID = nextID[.stream]!
+        nextID[.stream]! += 1
+        stream.replicaCount = replicas
+        stream.ackCount = acks
+        stream.retentionMs = requested.retentionMs
+        streams[stream.streamID] = stream
+        ranges[stream.streamID] = []
+        record(.watchAdded) { $0.stream = stream }
+        return .stream(stream)
+    }
+
+    /// The stream, if it exists and is not deleted.
+    private func liveStream(_ id: UInt64) throws -> StreamRecord {
+        guard let stream = streams[id] else { throw PDError(.streamNotFound, "no stream \(id)") }
+        if stream.deleted { throw PDError(.streamDeleted, "stream \(id) was deleted") }
+        return stream
+    }
+
+    /// The stream, if `epoch` is its current one: every stream-changing call from a writer checks it.
+    private func fencedStream(_ id: UInt64, epoch: UInt64) throws -> StreamRecord {
+        let stream = try liveStream(id)
+        guard epoch == stream.epoch else {
+            throw PDError(.epochFenced, "stream \(id) is at epoch \(stream.epoch); the request has epoch \(epoch)")
+        }
+        return stream
+    }
+
+    private mutating func openStream(_ id: UInt64, epoch: UInt64) throws -> PDResult {
+        var stream = try liveStream(id)
+        // A new writer takes the stream: the epoch goes up, and every request with an older one is refused.
+        stream.epoch = max(stream.epoch, epoch) + 1
+        streams[id] = stream
+        record(.watchModified) { $0.stream = stream }
+        return .stream(stream, ranges: ranges[id] ?? [])
+    }
+
+    private mutating func updateStream(_ request: Elasticstream_V1_UpdateStreamRequest) throws -> PDResult {
+        var stream = try fencedStream(request.streamID, epoch: request.epoch)
+        if request.hasReplicaCount { stream.replicaCount = request.replicaCount }
+        if request.hasAckCount { stream.ackCount = request.ackCount }
+        if request.hasRetentionMs { stream.retentionMs = request.retentionMs }
+        guard stream.replicaCount >= 1, stream.replicaCount <= 16, stream.ackCount >= 1,
+              stream.ackCount <= stream.replicaCount
+        else {
+            throw PDError(.invalidArgument,
+                          "replica_count \(stream.replicaCount) and ack_count \(stream.ackCount) are inconsistent")
+        }
+        streams[stream.streamID] = stream
+        record(.watchModified) { $0.stream = stream }
+        return .stream(stream)
+    }
+
+    private mutating func trimStream(_ id: UInt64, epoch: UInt64, to start: UInt64) throws -> PDResult {
+        var stream = try fencedStream(id, epoch: epoch)
+        guard start >= stream.startOffset else {
+            throw PDError(.offsetOutOfRange, "stream \(id) already starts at \(stream.startOffset), past \(start)")
+        }
+        stream.startOffset = start
+        streams[id] = stream
+        // Sealed ranges wholly below the new start are gone.
+        ranges[id]?.removeAll { $0.sealed && $0.endOffset <= start }
+        record(.watchModified) { $0.stream = stream }
+        return .stream(stream)
+    }
+
+    private mutating func deleteStream(_ id: UInt64, epoch: UInt64) throws -> PDResult {
+        var stream = try fencedStream(id, epoch: epoch)
+        stream.deleted = true
+        streams[id] = stream
+        record(.watchDeleted) { $0.stream = stream }
+        return .stream(stream)
+    }
+
+    // MARK: Ranges
+
+    private mutating func createRange(_ requested: RangeRecord, epoch: UInt64, now: Int64) throws -> PDResult {
+        let stream = try fencedStream(requested.streamID, epoch: epoch)
+        let existing = ranges[stream.streamID] ?? []
+        let previous = existing.last
+        let expectedIndex = previous.map { $0.index + 1 } ?? 0
+        guard requested.index == expectedIndex else {
+            throw PDError(.invalidArgument, "stream \(stream.streamID)'s next range is \(expectedIndex), not \(requested.index)")
+        }
+        if let previous {
+            guard previous.sealed else {
+                throw PDError(.previousRangeNotSealed, "range \(previous.index) of stream \(stream.streamID) is open")
+            }
+            guard requested.startOffset == previous.endOffset else {
+                throw PDError(.invalidArgument,
+                              "range \(requested.index) must start at \(previous.endOffset), where range \(previous.index) ends")
+            }
+        } else if requested.startOffset != stream.startOffset {
+            throw PDError(.invalidArgument, "the first range must start at the stream's start \(stream.startOffset)")
+        }
+        var range = RangeRecord()
+        range.streamID = stream.streamID
+        range.index = requested.index
+        range.startOffset = requested.startOffset
+        range.epoch = stream.epoch
+        range.replicaCount = stream.replicaCount
+        range.ackCount = stream.ackCount
+        range.servers = try place(count: Int(stream.replicaCount), avoiding: Set(previous?.servers.map(\.serverID) ?? []),
+                                  now: now)
+        ranges[stream.streamID, default: []].append(range)
+        record(.watchAdded) { $0.range = range }
+        return .range(range)
+    }
+
+    /// `count` healthy servers (online, heartbeat within the timeout), each at most once: servers of the range being
+    /// replaced last, then the least loaded, then by id (every member must choose the same).
+    func place(count: Int, avoiding: Set<UInt64>, now: Int64) throws -> [ServerRecord] {
+        let healthy = servers.values.filter { isHealthy($0, now: now) }
+        guard healthy.count >= count else {
+            throw PDError(.notEnoughServers,
+                          "\(count) replicas need \(count) healthy range servers; \(healthy.count) of \(servers.count) are healthy")
+        }
+        return Array(healthy.sorted { a, b in
+            let avoidA = avoiding.contains(a.serverID), avoidB = avoiding.contains(b.serverID)
+            if avoidA != avoidB { return !avoidA }
+            if a.load.ranges != b.load.ranges { return a.load.ranges < b.load.ranges }
+            return a.serverID < b.serverID
+        }.prefix(count))
+    }
+
+    public func isHealthy(_ server: ServerRecord, now: Int64) -> Bool {
+        server.state == .serverOnline && now - server.lastHeartbeatMs <= settings.heartbeatTimeoutMilliseconds
+    }
+
+    private mutating func sealRange(_ requested: RangeRecord, epoch: UInt64) throws -> PDResult {
+        let stream = try fencedStream(requested.streamID, epoch: epoch)
+        guard let position = ranges[stream.streamID]?.firstIndex(where: { $0.index == requested.index }) else {
+            throw PDError(.rangeNotFound, "stream \(stream.streamID) has no range \(requested.index)")
+        }
+        var range = ranges[stream.streamID]![position]
+        if range.sealed {
+            // Sealing again at the same end is a no-op.
+            guard range.endOffset == requested.endOffset else {
+                throw PDError(.rangeEndMismatch, "range \(range.index) of stream \(stream.streamID) is sealed at \(range.endOffset)")
+            }
+            return .range(range)
+        }
+        guard requested.endOffset >= range.startOffset else {
+            throw PDError(.invalidArgument, "end \(requested.endOffset) is before the range's start \(range.startOffset)")
+        }
+        range.sealed = true
+        range.endOffset = requested.endOffset
+        ranges[stream.streamID]![position] = range
+        record(.watchModified) { $0.range = range }
+        return .range(range)
+    }
+
+    // MARK: Servers, ids, objects
+
+    private mutating func registerServer(_ requested: ServerRecord, now: Int64) throws -> PDResult {
+        guard !requested.shardAddresses.isEmpty else {
+            throw PDError(.invalidArgument, "a range server registers at least one shard address")
+        }
+        var server = requested
+        if server.serverID == 0 {
+            server.serverID = nextID[.rangeServer]!
+        }
+        nextID[.rangeServer] = max(nextID[.rangeServer]!, server.serverID + 1)
+        server.state = .serverOnline
+        server.lastHeartbeatMs = now
+        let added = servers[server.serverID] == nil
+        servers[server.serverID] = server
+        record(added ? .watchAdded : .watchModified) { $0.rangeServer = server }
+        return .serverID(server.serverID)
+    }
+
+    private mutating func heartbeat(_ request: Elasticstream_V1_RangeServerHeartbeatRequest, now: Int64) throws -> PDResult {
+        guard var server = servers[request.serverID] else {
+            throw PDError(.serverNotFound, "no range server \(request.serverID); register first")
+        }
+        let before = server.state
+        server.lastHeartbeatMs = now
+        if request.hasLoad { server.load = request.load }
+        if request.state != .unspecified { server.state = request.state }
+        servers[server.serverID] = server
+        if server.state != before { record(.watchModified) { $0.rangeServer = server } }
+        return .done
+    }
+
+    private mutating func allocate(_ kind: Elasticstream_V1_IdKind, count: UInt32) throws -> PDResult {
+        guard let first = nextID[kind] else { throw PDError(.invalidArgument, "no id kind \(kind)") }
+        guard count >= 1, count <= 1 << 20 else { throw PDError(.invalidArgument, "count \(count) out of 1...\(1 << 20)") }
+        nextID[kind] = first + UInt64(count)
+        return .firstID(first)
+    }
+
+    private mutating func commitObject(_ object: ObjectRecord) throws -> PDResult {
+        _ = try liveStream(object.streamID)
+        guard object.endOffset > object.startOffset else {
+            throw PDError(.invalidArgument, "object [\(object.startOffset), \(object.endOffset)) is empty")
+        }
+        let existing = objects[object.streamID] ?? []
+        if existing.contains(where: { $0.startOffset < object.endOffset && object.startOffset < $0.endOffset && $0 != object }) {
+            throw PDError(.objectConflict, "an object overlapping [\(object.startOffset), \(object.endOffset)) exists")
+        }
+        if !existing.contains(object) {
+            objects[object.streamID, default: []].append(object)
+            objects[object.streamID]!.sort { $0.startOffset < $1.startOffset }
+            record(.watchAdded) { $0.object = object }
+        }
+        return .done
+    }
+
+    // MARK: - Reads
+
+    public func describeStream(_ id: UInt64) throws(PDError) -> StreamRecord {
+        guard let stream = streams[id] else { throw PDError(.streamNotFound, "no stream \(id)") }
+        return stream
+    }
+
+    public func listRanges(stream id: UInt64) throws(PDError) -> [RangeRecord] {
+        guard streams[id] != nil else { throw PDError(.streamNotFound, "no stream \(id)") }
+        return ranges[id] ?? []
+    }
+
+    public func listRanges(server id: UInt64) -> [RangeRecord] {
+        ranges.keys.sorted().flatMap { ranges[$0]!.filter { $0.servers.contains { $0.serverID == id } } }
+    }
+
+    /// The servers, with the state a reader at `now` should see (online but silent past the timeout reads offline).
+    public func listServers(now: Int64) -> [ServerRecord] {
+        servers.keys.sorted().map { id in
+            var server = servers[id]!
+            if server.state == .serverOnline && !isHealthy(server, now: now) { server.state = .serverOffline }
+            return server
+        }
+    }
+
+    public func listObjects(stream id: UInt64, from start: UInt64, to end: UInt64) -> [ObjectRecord] {
+        (objects[id] ?? []).filter { $0.endOffset > start && $0.startOffset < end }
+    }
+
+    /// Changes after `revision`, oldest first; REVISION_COMPACTED when they are no longer all kept.
+    public func events(after revision: UInt64) throws(PDError) -> [WatchEvent] {
+        if let oldest = events.first, revision + 1 < oldest.revision, revision < self.revision,
+           events.count >= settings.watchHistory {
+            throw PDError(.revisionCompacted, "events before revision \(oldest.revision) are no longer kept")
+        }
+        return events.filter { $0.revision > revision }
+    }
+
+    // MARK: - Snapshots
+
+    /// The whole state, for a Raft snapshot: length-prefixed protobuf records.
+    public func snapshot() throws -> [UInt8] {
+        var out: [UInt8] = []
+        func put(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { out += $0 } }
+        func put(_ message: some SwiftProtobuf.Message) throws {
+            let bytes: [UInt8] = try message.serializedBytes()
+            put(UInt64(bytes.count))
+            out += bytes
+        }
+        put(1)  // version
+        put(revision)
+        for kind in [Elasticstream_V1_IdKind.stream, .rangeServer, .object] { put(nextID[kind]!) }
+        put(UInt64(streams.count))
+        for id in streams.keys.sorted() { try put(streams[id]!) }
+        let allRanges = ranges.keys.sorted().flatMap { ranges[$0]! }
+        put(UInt64(allRanges.count))
+        for range in allRanges { try put(range) }
+        put(UInt64(servers.count))
+        for id in servers.keys.sorted() { try put(servers[id]!) }
+        let allObjects = objects.keys.sorted().flatMap { objects[$0]! }
+        put(UInt64(allObjects.count))
+        for object in allObjects { try put(object) }
+        return out
+    }
+
+    public init(settings: Settings = Settings(), restoring bytes: [UInt8]) throws {
+        self.init(settings: settings)
+        var offset = 0
+        func get() throws -> UInt64 {
+            guard offset + 8 <= bytes.count else { throw PDError(.dataCorrupted, "snapshot truncated at \(offset)") }
+            defer { offset += 8 }
+            return bytes[offset..<(offset + 8)].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        func message<M: SwiftProtobuf.Message>(_: M.Type) throws -> M {
+            let length = Int(try get())
+            guard length >= 0, offset + length <= bytes.count else {
+                throw PDError(.dataCorrupted, "snapshot record truncated at \(offset)")
+            }
+            defer { offset += length }
+            return try M(serializedBytes: Array(bytes[offset..<(offset + length)]))
+        }
+        guard try get() == 1 else { throw PDError(.dataCorrupted, "unknown snapshot version") }
+        revision = try get()
+        for kind in [Elasticstream_V1_IdKind.stream, .rangeServer, .object] { nextID[kind] = try get() }
+        for _ in 0..<(try get()) {
+            let stream = try message(StreamRecord.self)
+            streams[stream.streamID] = stream
+            ranges[stream.streamID] = []
+        }
+        for _ in 0..<(try get()) {
+            let range = try message(RangeRecord.self)
+            ranges[range.streamID, default: []].append(range)
+        }
+        for _ in 0..<(try get()) {
+            let server = try message(ServerRecord.self)
+            servers[server.serverID] = server
+        }
+        for _ in 0..<(try get()) {
+            let object = try message(ObjectRecord.self)
+            objects[object.streamID, default: []].append(object)
+        }
+        guard offset == bytes.count else { throw PDError(.dataCorrupted, "\(bytes.count - offset) bytes left in snapshot") }
+    }
+}

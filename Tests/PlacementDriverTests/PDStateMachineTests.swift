@@ -1,0 +1,224 @@
+import PlacementDriver
+import Testing
+import Wire
+
+/// Applies commands in order, as Raft would, numbering them.
+struct Applier {
+    var machine = PDStateMachine(settings: .init(heartbeatTimeoutMilliseconds: 5_000))
+    var index: UInt64 = 0
+    var now: Int64 = 1_000_000
+
+    mutating func run(_ operation: OperationCode, _ request: some SwiftProtobuf.Message) throws -> PDResult {
+        index += 1
+        return machine.apply(try PDCommand(operation, now: now, request: request), at: index)
+    }
+
+    mutating func createStream(replicas: UInt32 = 3, acks: UInt32 = 2) throws -> StreamRecord {
+        var request = Elasticstream_V1_CreateStreamRequest()
+        request.stream.replicaCount = replicas
+        request.stream.ackCount = acks
+        guard case .stream(let stream, _) = try run(.createStream, request) else { throw PDError(.unknown, "create") }
+        return stream
+    }
+
+    mutating func open(_ id: UInt64, epoch: UInt64 = 0) throws -> PDResult {
+        var request = Elasticstream_V1_OpenStreamRequest()
+        request.streamID = id
+        request.epoch = epoch
+        return try run(.openStream, request)
+    }
+
+    mutating func register(_ id: UInt64 = 0, load: UInt64 = 0) throws -> UInt64 {
+        var request = Elasticstream_V1_RegisterRangeServerRequest()
+        request.server.serverID = id
+        request.server.shardAddresses = ["127.0.0.1:\(20_000 + id)"]
+        request.server.load.ranges = load
+        guard case .serverID(let assigned) = try run(.registerRangeServer, request) else {
+            throw PDError(.unknown, "register")
+        }
+        return assigned
+    }
+
+    mutating func heartbeat(_ id: UInt64, load: UInt64? = nil) throws -> PDResult {
+        var request = Elasticstream_V1_RangeServerHeartbeatRequest()
+        request.serverID = id
+        if let load { request.load.ranges = load }
+        return try run(.rangeServerHeartbeat, request)
+    }
+
+    mutating func createRange(_ stream: UInt64, index: UInt32, start: UInt64, epoch: UInt64) throws -> PDResult {
+        var request = Elasticstream_V1_CreateRangeRequest()
+        request.range.streamID = stream
+        request.range.index = index
+        request.range.startOffset = start
+        request.epoch = epoch
+        return try run(.pdCreateRange, request)
+    }
+
+    mutating func seal(_ stream: UInt64, index: UInt32, end: UInt64, epoch: UInt64) throws -> PDResult {
+        var request = Elasticstream_V1_SealRangeRequest()
+        request.range.streamID = stream
+        request.range.index = index
+        request.range.endOffset = end
+        request.epoch = epoch
+        return try run(.pdSealRange, request)
+    }
+}
+
+import SwiftProtobuf
+
+func code(_ result: PDResult) -> ErrorCode {
+    if case .failed(let error) = result { return error.code }
+    return .ok
+}
+
+@Suite struct PDStateMachineTests {
+    @Test func streamsAreCreatedWithValidatedCountsAndIncreasingIDs() throws {
+        var pd = Applier()
+        let first = try pd.createStream()
+        let second = try pd.createStream(replicas: 1, acks: 1)
+        #expect(first.streamID == 1 && second.streamID == 2)
+        #expect(first.replicaCount == 3 && first.ackCount == 2 && first.epoch == 0)
+        var bad = Elasticstream_V1_CreateStreamRequest()
+        bad.stream.replicaCount = 2
+        bad.stream.ackCount = 3
+        #expect(code(try pd.run(.createStream, bad)) == .invalidArgument)
+        #expect(pd.machine.streams.count == 2, "a refused command changes nothing")
+    }
+
+    /// Opening bumps the epoch; every stream-changing call with an older epoch is fenced.
+    @Test func openingFencesTheEarlierWriter() throws {
+        var pd = Applier()
+        for _ in 0..<3 { _ = try pd.register() }
+        let stream = try pd.createStream()
+        guard case .stream(let opened, _) = try pd.open(stream.streamID) else { Issue.record("open"); return }
+        #expect(opened.epoch == 1)
+        guard case .stream(let reopened, _) = try pd.open(stream.streamID) else { Issue.record("open"); return }
+        #expect(reopened.epoch == 2)
+        #expect(code(try pd.createRange(stream.streamID, index: 0, start: 0, epoch: 1)) == .epochFenced)
+        #expect(code(try pd.createRange(stream.streamID, index: 0, start: 0, epoch: 2)) == .ok)
+        #expect(code(try pd.seal(stream.streamID, index: 0, end: 10, epoch: 1)) == .epochFenced)
+        var trim = Elasticstream_V1_TrimStreamRequest()
+        trim.streamID = stream.streamID
+        trim.epoch = 1
+        trim.startOffset = 5
+        #expect(code(try pd.run(.trimStream, trim)) == .epochFenced)
+        var delete = Elasticstream_V1_DeleteStreamRequest()
+        delete.streamID = stream.streamID
+        delete.epoch = 2
+        #expect(code(try pd.run(.deleteStream, delete)) == .ok)
+        #expect(code(try pd.open(stream.streamID)) == .streamDeleted)
+        #expect(code(try pd.open(99)) == .streamNotFound)
+    }
+
+    /// A range follows a sealed one at its end; sealing is idempotent at the same end and refused at another.
+    @Test func rangesFollowEachOtherAndSealOnce() throws {
+        var pd = Applier()
+        for _ in 0..<3 { _ = try pd.register() }
+        let stream = try pd.createStream()
+        _ = try pd.open(stream.streamID)
+        #expect(code(try pd.createRange(stream.streamID, index: 1, start: 0, epoch: 1)) == .invalidArgument)
+        #expect(code(try pd.createRange(stream.streamID, index: 0, start: 0, epoch: 1)) == .ok)
+        #expect(code(try pd.createRange(stream.streamID, index: 1, start: 0, epoch: 1)) == .previousRangeNotSealed)
+        #expect(code(try pd.seal(stream.streamID, index: 0, end: 100, epoch: 1)) == .ok)
+        #expect(code(try pd.seal(stream.streamID, index: 0, end: 100, epoch: 1)) == .ok)
+        #expect(code(try pd.seal(stream.streamID, index: 0, end: 101, epoch: 1)) == .rangeEndMismatch)
+        #expect(code(try pd.createRange(stream.streamID, index: 1, start: 99, epoch: 1)) == .invalidArgument)
+        guard case .range(let next) = try pd.createRange(stream.streamID, index: 1, start: 100, epoch: 1) else {
+            Issue.record("create")
+            return
+        }
+        #expect(next.startOffset == 100 && !next.sealed && next.epoch == 1)
+        #expect(try pd.machine.listRanges(stream: stream.streamID).map(\.index) == [0, 1])
+    }
+
+    /// Placement: distinct healthy servers, the least loaded first, servers of the replaced range last, and a clear
+    /// error when too few are healthy.
+    @Test func placementChoosesHealthySpreadServers() throws {
+        var pd = Applier()
+        let a = try pd.register(load: 5)
+        let b = try pd.register(load: 1)
+        let c = try pd.register(load: 3)
+        let d = try pd.register(load: 0)
+        let stream = try pd.createStream()
+        _ = try pd.open(stream.streamID)
+        guard case .range(let first) = try pd.createRange(stream.streamID, index: 0, start: 0, epoch: 1) else {
+            Issue.record("create")
+            return
+        }
+        #expect(first.servers.map(\.serverID) == [d, b, c])
+        _ = try pd.seal(stream.streamID, index: 0, end: 10, epoch: 1)
+        // Server d goes silent; the next range avoids the previous range's servers where it can.
+        pd.now += 6_000
+        for id in [a, b, c] { _ = try pd.heartbeat(id) }
+        guard case .range(let second) = try pd.createRange(stream.streamID, index: 1, start: 10, epoch: 1) else {
+            Issue.record("create")
+            return
+        }
+        #expect(Set(second.servers.map(\.serverID)) == [a, b, c])
+        #expect(second.servers.first?.serverID == a, "the server not in the replaced range comes first")
+        _ = try pd.seal(stream.streamID, index: 1, end: 20, epoch: 1)
+        pd.now += 6_000
+        _ = try pd.heartbeat(a)
+        let result = try pd.createRange(stream.streamID, index: 2, start: 20, epoch: 1)
+        guard case .failed(let error) = result else { Issue.record("placed on silent servers"); return }
+        #expect(error.code == .notEnoughServers)
+        #expect(error.message.contains("1 of 4 are healthy"), "\(error.message)")
+        #expect(pd.machine.listServers(now: pd.now).filter { $0.state == .serverOffline }.count == 3)
+        #expect(code(try pd.heartbeat(77)) == .serverNotFound)
+    }
+
+    @Test func idsAreAllocatedInBlocks() throws {
+        var pd = Applier()
+        var request = Elasticstream_V1_AllocateIdRequest()
+        request.kind = .object
+        request.count = 10
+        guard case .firstID(let first) = try pd.run(.allocateID, request),
+              case .firstID(let second) = try pd.run(.allocateID, request)
+        else { Issue.record("allocate"); return }
+        #expect(second == first + 10)
+        request.count = 0
+        #expect(code(try pd.run(.allocateID, request)) == .invalidArgument)
+    }
+
+    /// A snapshot restores a state that answers exactly as the original, and further commands apply the same on both.
+    @Test func aSnapshotRestoresTheSameState() throws {
+        var pd = Applier()
+        for _ in 0..<3 { _ = try pd.register() }
+        for _ in 0..<5 {
+            let stream = try pd.createStream()
+            _ = try pd.open(stream.streamID)
+            _ = try pd.createRange(stream.streamID, index: 0, start: 0, epoch: 1)
+        }
+        _ = try pd.seal(2, index: 0, end: 42, epoch: 1)
+        let bytes = try pd.machine.snapshot()
+        var copy = pd
+        copy.machine = try PDStateMachine(settings: .init(heartbeatTimeoutMilliseconds: 5_000), restoring: bytes)
+        #expect(try copy.machine.snapshot() == bytes)
+        #expect(copy.machine.streams == pd.machine.streams)
+        #expect(copy.machine.ranges == pd.machine.ranges)
+        _ = try pd.createRange(2, index: 1, start: 42, epoch: 1)
+        _ = try copy.createRange(2, index: 1, start: 42, epoch: 1)
+        #expect(try copy.machine.snapshot() == pd.machine.snapshot())
+        #expect(throws: PDError.self) { try PDStateMachine(restoring: Array(bytes.dropLast(3))) }
+    }
+
+    @Test func watchersSeeChangesAfterARevision() throws {
+        var pd = Applier()
+        let stream = try pd.createStream()
+        let revision = pd.index
+        _ = try pd.open(stream.streamID)
+        _ = try pd.register()
+        let events = try pd.machine.events(after: revision)
+        #expect(events.map(\.kind) == [.watchModified, .watchAdded])
+        #expect(events.allSatisfy { $0.revision > revision })
+    }
+
+    @Test func commandsRoundTripThroughTheirEncoding() throws {
+        var request = Elasticstream_V1_OpenStreamRequest()
+        request.streamID = 9
+        let command = try PDCommand(.openStream, now: -5, request: request)
+        #expect(PDCommand(command.encoded()) == command)
+        #expect(PDCommand([0xFF, 0xFF] + [UInt8](repeating: 0, count: 8)) == nil)
+    }
+}
