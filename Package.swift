@@ -72,7 +72,9 @@ let package = Package(
         .target(name: "Raft", swiftSettings: swiftSettings),
         // The placement driver's replicated state machine (streams, ranges, servers, objects, ids) on Raft.
         .target(name: "PlacementDriver",
-                dependencies: ["Raft", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                dependencies: ["Raft", "Wire", "Reactor", "Platform", "CSupport",
+                               .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
@@ -105,7 +107,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "Reactor", "Platform", "CSupport", "TestSupport"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "TestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "PlacementDriverTests", dependencies: ["PlacementDriver", "Wire", "Raft"],
+        .testTarget(name: "PlacementDriverTests", dependencies: ["PlacementDriver", "Wire", "Raft", "Reactor", "Platform"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport", "TestSupport"], swiftSettings: swiftSettings),
     ]

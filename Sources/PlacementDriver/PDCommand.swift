@@ -51,6 +51,8 @@ public struct PDCommand: Sendable, Hashable {
 public struct PDError: Error, Sendable, Hashable, CustomStringConvertible {
     public var code: ErrorCode
     public var message: String
+    /// With NOT_LEADER: the member believed to lead (0: unknown).
+    public var leader: UInt64 = 0
 
     public init(_ code: ErrorCode, _ message: String) {
         self.code = code
@@ -63,6 +65,7 @@ public struct PDError: Error, Sendable, Hashable, CustomStringConvertible {
         var status = Status()
         status.code = code
         status.message = message
+        status.leaderID = leader
         return status
     }
 }

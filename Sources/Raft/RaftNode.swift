@@ -63,6 +63,8 @@ public struct RaftNode: Sendable {
     public var lastIndex: UInt64 { log.lastIndex }
     public var lastTerm: UInt64 { log.lastTerm }
     public var snapshotIndex: UInt64 { log.snapshot.index }
+    /// The snapshot the log starts after.
+    public var snapshot: Snapshot { log.snapshot }
     public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
     public var isPromotable: Bool { voters.contains(id) }
     /// The match index of every follower the leader tracks (for tests and status).

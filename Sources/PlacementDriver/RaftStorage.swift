@@ -1,0 +1,341 @@
+import CSupport
+import Foundation
+import Platform
+import Raft
+import Reactor
+
+/// A Raft member's durable state (hard state, snapshot, log entries) in one append-only file on its shard, written
+/// through the reactor and made durable with fdatasync before `persist` returns: a vote or an acknowledgement never
+/// goes out before what it promises is on disk. Everything one `Ready` needs goes out in one write and one
+/// fdatasync, so many proposals share one sync.
+///
+/// Records: u32 payload length, u64 XXH3-64 of the payload seeded with the record's file offset, u8 kind, payload.
+/// Kinds: 1 entries (u32 count; per entry u64 term, u64 index, u8 kind, u32 length, data), 2 hard state (u64 term,
+/// u64 vote, u64 commit), 3 snapshot (u64 index, u64 term, u32 voter count, u64 voters, u32 length, data).
+/// Recovery replays records in order and stops at the first that fails its checks: that is a torn last write, and
+/// the file is cut there. When the file outgrows `compactionBytes` past a snapshot, it is rewritten as one image
+/// (snapshot, hard state, entries after it) into a new file that replaces it atomically.
+/// Shard-bound.
+public final class RaftStorage {
+    public let directory: String
+    let context: ShardContext
+    public let compactionBytes: Int
+    private var file: File
+    private var tail: UInt64
+    public private(set) var state: PersistedState
+    public private(set) var syncs = 0
+
+    private static let headerSize = 13
+
+    private init(directory: String, context: ShardContext, compactionBytes: Int, file: File, tail: UInt64,
+                 state: PersistedState) {
+        self.directory = directory
+        self.context = context
+        self.compactionBytes = compactionBytes
+        self.file = file
+        self.tail = tail
+        self.state = state
+    }
+
+    private static func path(_ directory: String) -> String { "\(directory)/raft.log" }
+
+    /// Opens (or creates) the storage in `directory`. A new one starts from `initial` (a bootstrap or joining state).
+    public static func open(directory: String, on context: ShardContext, initial: PersistedState,
+                            compactionBytes: Int = 64 << 20) async throws(IOError) -> RaftStorage {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw IOError(.open, .system(errno: EACCES), target: directory)
+        }
+        let path = path(directory)
+        let exists = FileManager.default.fileExists(atPath: path)
+        let file = try await context.open(path, options: FileOpenOptions(create: true, direct: false))
+        if !exists {
+            let storage = RaftStorage(directory: directory, context: context, compactionBytes: compactionBytes,
+                                      file: file, tail: 0, state: initial)
+            try await storage.writeImage(into: file)
+            try await context.syncDirectory(directory)
+            return storage
+        }
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 8)
+        defer { buffer.deallocate() }
+        var done = 0
+        while done < size {
+            let n = try await file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<size]),
+                                        at: UInt64(done))
+            if n == 0 { break }
+            done += n
+        }
+        var state = initial
+        state.entries = []
+        let valid = replay(UnsafeRawBufferPointer(rebasing: buffer[..<done]), into: &state)
+        if valid < done {
+            // A torn last write: cut it off, so nothing after it can ever be read as a record again.
+            if ftruncate(file.descriptor, off_t(valid)) != 0 {
+                throw IOError(.write, .system(errno: errno), target: path)
+            }
+            try await file.sync()
+        }
+        return RaftStorage(directory: directory, context: context, compactionBytes: compactionBytes, file: file,
+                           tail: UInt64(valid), state: state)
+    }
+
+    /// Replays records into `state`; returns where the valid ones end.
+    static func replay(_ bytes: UnsafeRawBufferPointer, into state: inout PersistedState) -> Int {
+        var offset = 0
+        while offset + headerSize <= bytes.count {
+            let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+            guard length <= bytes.count - offset - headerSize else { break }
+            let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt64.self))
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[(offset + headerSize)..<(offset + headerSize + length)])
+            let kind = bytes[offset + 12]
+            guard stored == checksum(kind, payload, at: UInt64(offset)) else { break }
+            var reader = Reader(bytes: payload)
+            guard apply(kind, &reader, to: &state) else { break }
+            offset += headerSize + length
+        }
+        return offset
+    }
+
+    private static func checksum(_ kind: UInt8, _ payload: UnsafeRawBufferPointer, at offset: UInt64) -> UInt64 {
+        var seeded = cs_xxh3_64(payload.baseAddress, payload.count, offset)
+        seeded ^= UInt64(kind) &* 0x9E37_79B9_7F4A_7C15
+        return seeded
+    }
+
+    private static func apply(_ kind: UInt8, _ reader: inout Reader, to state: inout PersistedState) -> Bool {
+        switch kind {
+        case 1:
+            guard let count = reader.u32() else { return false }
+            var entries: [Entry] = []
+            for _ in 0..<count {
+                guard let term = reader.u64(), let index = reader.u64(), let raw = reader.u8(),
+                      let kind = EntryKind(rawValue: raw), let data = reader.bytes()
+                else { return false }
+                entries.append(Entry(term: term, index: index, kind: kind, data: data))
+            }
+            guard let first = entries.first else { return true }
+            state.entries.removeAll { $0.index >= first.index }
+            let expected = (state.entries.last?.index ?? state.snapshot.index) + 1
+            guard first.index == expected || (state.entries.isEmpty && first.index > state.snapshot.index) else {
+                return false
+            }
+            state.entries += entries
+        case 2:
+            guard let term = reader.u64(), let vote = reader.u64(), let commit = reader.u64() else { return false }
+            state.hardState = HardState(term: term, vote: vote, commit: commit)
+        case 3:
+            guard let index = reader.u64(), let term = reader.u64(), let count = reader.u32() else { return false }
+            var voters: Set<NodeID> = []
+            for _ in 0..<count {
+                guard let voter = reader.u64() else { return false }
+                voters.insert(voter)
+            }
+            guard let data = reader.bytes() else { return false }
+            state.snapshot = Snapshot(index: index, term: term, voters: voters, data: data)
+            state.entries.removeAll { $0.index <= index }
+            if let first = state.entries.first, first.index != index + 1 { state.entries = [] }
+        default:
+            return false
+        }
+        return true
+    }
+
+    // MARK: - Writing
+
+    /// Makes what `ready` asks durable: hard state, snapshot, entries (replacing any from the first one's index).
+    public func persist(_ ready: Ready) async throws(IOError) {
+        var out = Writer()
+        if let snapshot = ready.snapshot { encodeSnapshot(snapshot, into: &out) }
+        if !ready.entries.isEmpty { encodeEntries(ready.entries, into: &out) }
+        if let hard = ready.hardState { encodeHardState(hard, into: &out) }
+        guard !out.records.isEmpty else { return }
+        if let snapshot = ready.snapshot { Self.applySnapshot(snapshot, to: &state) }
+        if let first = ready.entries.first {
+            state.entries.removeAll { $0.index >= first.index }
+            state.entries += ready.entries
+        }
+        if let hard = ready.hardState { state.hardState = hard }
+        try await append(out)
+    }
+
+    /// Records a snapshot the state machine took (the log before it can go).
+    public func saveSnapshot(_ snapshot: Snapshot) async throws(IOError) {
+        var out = Writer()
+        encodeSnapshot(snapshot, into: &out)
+        Self.applySnapshot(snapshot, to: &state)
+        try await append(out)
+        if tail > UInt64(compactionBytes) { try await rewrite() }
+    }
+
+    private static func applySnapshot(_ snapshot: Snapshot, to state: inout PersistedState) {
+        state.snapshot = snapshot
+        state.entries.removeAll { $0.index <= snapshot.index }
+        if let first = state.entries.first, first.index != snapshot.index + 1 { state.entries = [] }
+    }
+
+    private func append(_ out: Writer) async throws(IOError) {
+        let bytes = out.finish(startingAt: tail)
+        try await Self.writeAll(bytes, to: file, at: tail)
+        tail += UInt64(bytes.count)
+        syncs += 1
+    }
+
+    private func writeImage(into target: File) async throws(IOError) {
+        var out = Writer()
+        encodeSnapshot(state.snapshot, into: &out)
+        encodeHardState(state.hardState, into: &out)
+        if !state.entries.isEmpty { encodeEntries(state.entries, into: &out) }
+        let bytes = out.finish(startingAt: 0)
+        try await Self.writeAll(bytes, to: target, at: 0)
+        tail = UInt64(bytes.count)
+    }
+
+    /// Writes `bytes` at `offset` and fdatasyncs.
+    private static func writeAll(_ bytes: [UInt8], to file: File, at offset: UInt64) async throws(IOError) {
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        defer { raw.deallocate() }
+        raw.copyBytes(from: bytes)
+        var done = 0
+        while done < bytes.count {
+            done += try await file.write(UnsafeRawBufferPointer(rebasing: raw[done..<bytes.count]),
+                                         at: offset + UInt64(done))
+        }
+        try await file.sync()
+    }
+
+    /// Replaces the file with one image of the current state (written aside, synced, renamed over it).
+    private func rewrite() async throws(IOError) {
+        let path = Self.path(directory)
+        let temporary = path + ".new"
+        let fresh = try await context.open(temporary, options: FileOpenOptions(create: true, truncate: true, direct: false))
+        let oldTail = tail
+        do {
+            try await writeImage(into: fresh)
+            try await context.rename(temporary, to: path)
+            try await context.syncDirectory(directory)
+        } catch {
+            tail = oldTail
+            try? await fresh.close()
+            throw error
+        }
+        try? await file.close()
+        file = fresh
+    }
+
+    public func close() async {
+        try? await file.close()
+    }
+
+    public var fileBytes: UInt64 { tail }
+
+    // MARK: - Encoding
+
+    private func encodeEntries(_ entries: [Entry], into out: inout Writer) {
+        out.begin(kind: 1)
+        out.u32(UInt32(entries.count))
+        for entry in entries {
+            out.u64(entry.term)
+            out.u64(entry.index)
+            out.u8(entry.kind.rawValue)
+            out.bytes(entry.data)
+        }
+        out.end()
+    }
+
+    private func encodeHardState(_ hard: HardState, into out: inout Writer) {
+        out.begin(kind: 2)
+        out.u64(hard.term)
+        out.u64(hard.vote)
+        out.u64(hard.commit)
+        out.end()
+    }
+
+    private func encodeSnapshot(_ snapshot: Snapshot, into out: inout Writer) {
+        out.begin(kind: 3)
+        out.u64(snapshot.index)
+        out.u64(snapshot.term)
+        out.u32(UInt32(snapshot.voters.count))
+        for voter in snapshot.voters.sorted() { out.u64(voter) }
+        out.bytes(snapshot.data)
+        out.end()
+    }
+
+    /// Builds records; checksums are filled in once the file offset is known.
+    struct Writer {
+        var buffer: [UInt8] = []
+        var records: [(start: Int, kind: UInt8)] = []
+        private var current = 0
+
+        mutating func begin(kind: UInt8) {
+            current = buffer.count
+            records.append((current, kind))
+            buffer += [UInt8](repeating: 0, count: RaftStorage.headerSize)
+            buffer[current + 12] = kind
+        }
+
+        mutating func end() {
+            let length = UInt32(buffer.count - current - RaftStorage.headerSize)
+            withUnsafeBytes(of: length.littleEndian) { raw in
+                for i in 0..<4 { buffer[current + i] = raw[i] }
+            }
+        }
+
+        mutating func u8(_ value: UInt8) { buffer.append(value) }
+        mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { buffer += $0 } }
+        mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { buffer += $0 } }
+        mutating func bytes(_ value: [UInt8]) {
+            u32(UInt32(value.count))
+            buffer += value
+        }
+
+        func finish(startingAt offset: UInt64) -> [UInt8] {
+            var out = buffer
+            out.withUnsafeMutableBytes { raw in
+                for record in records {
+                    let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: record.start, as: UInt32.self)))
+                    let payload = UnsafeRawBufferPointer(
+                        rebasing: raw[(record.start + RaftStorage.headerSize)..<(record.start + RaftStorage.headerSize + length)])
+                    let sum = RaftStorage.checksum(record.kind, payload, at: offset + UInt64(record.start))
+                    raw.storeBytes(of: sum.littleEndian, toByteOffset: record.start + 4, as: UInt64.self)
+                }
+            }
+            return out
+        }
+    }
+
+    struct Reader {
+        let source: UnsafeRawBufferPointer
+        var offset = 0
+
+        init(bytes: UnsafeRawBufferPointer) { source = bytes }
+
+        mutating func u8() -> UInt8? {
+            guard offset + 1 <= source.count else { return nil }
+            defer { offset += 1 }
+            return source[offset]
+        }
+
+        mutating func u32() -> UInt32? {
+            guard offset + 4 <= source.count else { return nil }
+            defer { offset += 4 }
+            return UInt32(littleEndian: source.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+        }
+
+        mutating func u64() -> UInt64? {
+            guard offset + 8 <= source.count else { return nil }
+            defer { offset += 8 }
+            return UInt64(littleEndian: source.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+        }
+
+        mutating func bytes() -> [UInt8]? {
+            guard let length = u32(), offset + Int(length) <= source.count else { return nil }
+            defer { offset += Int(length) }
+            return Array(source[offset..<(offset + Int(length))])
+        }
+    }
+}
+
+@available(*, unavailable)
+extension RaftStorage: Sendable {}

@@ -1,0 +1,157 @@
+import Foundation
+import PlacementDriver
+import Platform
+import Raft
+import Reactor
+import SwiftProtobuf
+import Testing
+import Wire
+
+func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
+    let path = "\(parent)/es-pd-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
+}
+
+/// Carries a shard-bound member into closures that run on its shard.
+struct MemberBox: @unchecked Sendable {
+    let member: PDMember
+
+    func waitForLeadership() async throws {
+        for _ in 0..<400 where !member.isLeader { try await Task.sleep(for: .milliseconds(5)) }
+        try #require(member.isLeader, "the single member did not become leader")
+    }
+
+    func run(_ operation: OperationCode, _ request: some SwiftProtobuf.Message) async throws -> PDResult {
+        try await member.propose(try PDCommand(operation, now: Int64(Date().timeIntervalSince1970 * 1000), request: request))
+    }
+
+    func createStream() async throws -> UInt64 {
+        var request = Elasticstream_V1_CreateStreamRequest()
+        request.stream.replicaCount = 1
+        request.stream.ackCount = 1
+        guard case .stream(let stream, _) = try await run(.createStream, request) else { throw PDError(.unknown, "create") }
+        return stream.streamID
+    }
+}
+
+func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionBytes: Int = 64 << 20)
+    -> PDMember.Settings
+{
+    PDMember.Settings(id: 1, initialVoters: [1], directory: directory, tick: .milliseconds(5),
+                      raft: RaftConfiguration(electionTicks: 4, heartbeatTicks: 1), snapshotEvery: snapshotEvery,
+                      compactionBytes: compactionBytes)
+}
+
+@Suite(.serialized) struct PDMemberTests {
+    /// A single-member group on the reactor: it elects itself, applies proposals durably, batches concurrent
+    /// proposals into shared syncs, serves linearizable reads, and after a restart (its Raft log replayed from disk)
+    /// holds exactly the same state.
+    @Test func aSingleMemberServesAndRecoversItsStateAfterARestart() async throws {
+        try await withTemporaryDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            let (before, syncs, streams) = try await reactor.run(on: 0) { context -> ([UInt8], Int, Int) in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                let syncsBefore = box.member.storageSyncs
+                let ids = try await withThrowingTaskGroup(of: UInt64.self) { group in
+                    for _ in 0..<64 { group.addTask { try await box.createStream() } }
+                    return try await group.reduce(into: [UInt64]()) { $0.append($1) }
+                }
+                let syncs = box.member.storageSyncs - syncsBefore
+                #expect(Set(ids).count == 64, "every create got its own stream id")
+                let count = try await box.member.read { $0.streams.count }
+                let snapshot = try box.member.state.snapshot()
+                await box.member.stop()
+                return (snapshot, syncs, count)
+            }
+            #expect(streams == 64)
+            #expect(syncs < 64, "64 concurrent proposals took \(syncs) syncs: no batching")
+
+            let after = try await reactor.run(on: 0) { context -> [UInt8] in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                // Wait until the replayed log is applied (the new term's first entry commits after it).
+                _ = try await box.member.read { $0.streams.count }
+                let snapshot = try box.member.state.snapshot()
+                await box.member.stop()
+                return snapshot
+            }
+            #expect(after == before, "the state after the restart differs")
+        }
+    }
+
+    /// With snapshots every 20 entries the log is compacted and the file rewritten; a restart restores the state from
+    /// the snapshot plus the entries after it.
+    @Test func snapshotsCompactTheLogAndRestoreTheState() async throws {
+        try await withTemporaryDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            let configured = settings(directory, snapshotEvery: 20, compactionBytes: 16 << 10)
+            let uncompacted = try await withTemporaryDirectory { other -> Int in
+                try await reactor.run(on: 0) { context -> Int in
+                    let box = MemberBox(member: try await PDMember.start(settings(other), on: context))
+                    try await box.waitForLeadership()
+                    for _ in 0..<150 { _ = try await box.createStream() }
+                    await box.member.stop()
+                    return try FileManager.default.attributesOfItem(atPath: "\(other)/raft.log")[.size] as! Int
+                }
+            }
+            let before = try await reactor.run(on: 0) { context -> [UInt8] in
+                let box = MemberBox(member: try await PDMember.start(configured, on: context))
+                try await box.waitForLeadership()
+                for _ in 0..<150 { _ = try await box.createStream() }
+                let snapshot = try box.member.state.snapshot()
+                await box.member.stop()
+                return snapshot
+            }
+            let after = try await reactor.run(on: 0) { context -> [UInt8] in
+                let box = MemberBox(member: try await PDMember.start(configured, on: context))
+                try await box.waitForLeadership()
+                _ = try await box.member.read { $0.streams.count }
+                let snapshot = try box.member.state.snapshot()
+                await box.member.stop()
+                return snapshot
+            }
+            #expect(after == before)
+            let size = try FileManager.default.attributesOfItem(atPath: "\(directory)/raft.log")[.size] as! Int
+            #expect(size < uncompacted, "the log file (\(size) bytes) was not rewritten smaller than \(uncompacted)")
+        }
+    }
+
+    /// A torn last write (garbage after the valid records) is cut off at restart; everything before it stays.
+    @Test func aTornTailOfTheRaftLogIsCutOff() async throws {
+        try await withTemporaryDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            let written = try await reactor.run(on: 0) { context -> Int in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                for _ in 0..<10 { _ = try await box.createStream() }
+                await box.member.stop()
+                return 10
+            }
+            let path = "\(directory)/raft.log"
+            let valid = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            try handle.seekToEnd()
+            try handle.write(contentsOf: Data([0x40, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 30)))
+            try handle.close()
+            let streams = try await reactor.run(on: 0) { context -> Int in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                let count = try await box.member.read { $0.streams.count }
+                await box.member.stop()
+                return count
+            }
+            #expect(streams == written)
+            let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+            #expect(size > valid, "new records follow the cut")
+            let reread = try Data(contentsOf: URL(fileURLWithPath: path))
+            #expect(!reread[valid..<min(valid + 34, reread.count)].elementsEqual([0x40, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 30)))
+        }
+    }
+}
