@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
+        .executable(name: "elastic-stream", targets: ["elastic-stream"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -76,6 +77,10 @@ let package = Package(
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
+        // The server process: reactor, embedded placement driver member (range server services follow).
+        .executableTarget(name: "elastic-stream",
+                          dependencies: ["PlacementDriver", "Raft", "Reactor", .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
                 cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])]),

@@ -43,7 +43,7 @@ public final class PDMember {
     private let storage: RaftStorage
     public private(set) var state: PDStateMachine
     /// Sends a message to a peer (the transport); a message that cannot go is dropped (Raft retries).
-    public var send: (Message) -> Void = { _ in }
+    public var send: (Raft.Message) -> Void = { _ in }
 
     private var processing = false
     private var again = false
@@ -123,7 +123,7 @@ public final class PDMember {
     // MARK: - Inputs
 
     /// A message from a peer.
-    public func receive(_ message: Message) {
+    public func receive(_ message: Raft.Message) {
         guard !stopped else { return }
         node.step(message)
         kick()
@@ -223,6 +223,10 @@ public final class PDMember {
                 }
                 node.advance(ready)
                 releaseReads()
+                if wasLeader != (node.role == .leader) {
+                    logger.info(node.role == .leader ? "became the leader" : "no longer the leader",
+                                metadata: ["term": "\(node.term)", "leader": "\(node.leader)"])
+                }
                 if wasLeader && node.role != .leader {
                     failWaiters(PDError(.notLeader, "leadership changed before the operation committed; it may or may not have been applied"))
                 }

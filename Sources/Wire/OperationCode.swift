@@ -34,6 +34,9 @@ public enum OperationCode: UInt16, Sendable, CaseIterable, CustomStringConvertib
     case requestVote = 0x3002
     case installSnapshot = 0x3003
     case timeoutNow = 0x3004
+    /// One Raft message of any kind in the frame's payload, in the core's binary form (docs/protocol.md). The
+    /// placement driver's members use it; the four codes above are kept for the protobuf forms.
+    case raftMessage = 0x3005
 
     public var description: String {
         switch self {
@@ -66,6 +69,7 @@ public enum OperationCode: UInt16, Sendable, CaseIterable, CustomStringConvertib
         case .requestVote: "REQUEST_VOTE"
         case .installSnapshot: "INSTALL_SNAPSHOT"
         case .timeoutNow: "TIMEOUT_NOW"
+        case .raftMessage: "RAFT_MESSAGE"
         }
     }
 

@@ -1,0 +1,342 @@
+import Foundation
+import Logging
+import Platform
+import Raft
+import Reactor
+import SwiftProtobuf
+import Wire
+
+/// An address of a member: where it listens for peers and clients.
+public struct MemberAddress: Sendable, Hashable, CustomStringConvertible {
+    public var id: NodeID
+    public var host: String
+    public var port: UInt16
+
+    public init(id: NodeID, host: String, port: UInt16) {
+        self.id = id
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { "\(host):\(port)" }
+}
+
+/// The network side of a placement driver member, on its shard: one listener for peers (RAFT_MESSAGE frames) and
+/// clients (the PD operations), and one outgoing connection per peer, reconnected with backoff. Raft messages to a
+/// peer that is down are dropped beyond a bound (Raft retries). Shard-bound.
+public final class PDServer {
+    public let member: PDMember
+    public let members: [NodeID: MemberAddress]
+    let context: ShardContext
+    let listener: TCPListener
+    let logger: Logger
+    private var links: [NodeID: PeerLink] = [:]
+    private var connections: [ObjectIdentifier: FrameConnection] = [:]
+    private var stopped = false
+    private var acceptTask: Task<Void, Error>?
+    /// Requests being served per connection at most (past it: TOO_MANY_REQUESTS).
+    public let maxInFlightPerConnection = 1024
+
+    private init(member: PDMember, members: [NodeID: MemberAddress], context: ShardContext, listener: TCPListener) {
+        self.member = member
+        self.members = members
+        self.context = context
+        self.listener = listener
+        var logger = Logger(label: "elastic-stream.pd.server")
+        logger[metadataKey: "member"] = "\(member.id)"
+        self.logger = logger
+    }
+
+    /// Listens on this member's address and connects the member to its peers.
+    public static func start(member: PDMember, members: [NodeID: MemberAddress], on context: ShardContext)
+        throws(IOError) -> PDServer
+    {
+        guard let own = members[member.id] else {
+            throw IOError(.listen, .invalidArgument("member \(member.id) has no address"))
+        }
+        let listener = try context.listen(host: own.host, port: own.port)
+        let server = PDServer(member: member, members: members, context: context, listener: listener)
+        for (id, address) in members where id != member.id {
+            server.links[id] = PeerLink(address: address, context: context)
+        }
+        let bound = ShardBound(server)
+        member.send = { message in bound.value.links[message.to]?.send(message) }
+        server.acceptTask = context.spawn { await bound.value.acceptLoop() }
+        return server
+    }
+
+    public var port: UInt16 { listener.port }
+
+    public func stop() async {
+        stopped = true
+        try? await listener.close()
+        acceptTask?.cancel()
+        for link in links.values { await link.stop() }
+        for connection in connections.values { await connection.close() }
+        connections = [:]
+    }
+
+    private func acceptLoop() async {
+        while !stopped {
+            let connection: TCPConnection
+            do {
+                connection = try await listener.accept()
+            } catch {
+                if stopped { return }
+                try? await context.sleep(for: .milliseconds(10))
+                continue
+            }
+            let framed = FrameConnection(connection, context: context)
+            connections[ObjectIdentifier(framed)] = framed
+            let bound = ShardBound((self, framed))
+            context.spawn { await bound.value.0.serve(bound.value.1) }
+        }
+    }
+
+    private func serve(_ connection: FrameConnection) async {
+        let inFlightBox = ShardBound(Counter())
+        await connection.readLoop { frame in
+            if frame.operation == .raftMessage {
+                let message = frame.withPayload { Raft.Message(decoding: $0) }
+                if let message { member.receive(message) }
+                return
+            }
+            guard !frame.isResponse else { return }
+            guard inFlightBox.value.count < maxInFlightPerConnection else {
+                connection.send(Frame(errorTo: frame, status: PDError(.tooManyRequests,
+                    "over \(maxInFlightPerConnection) requests in flight on this connection").status))
+                return
+            }
+            inFlightBox.value.count += 1
+            let bound = ShardBound((self, connection, inFlightBox))
+            context.spawn {
+                let response = await bound.value.0.respond(to: frame)
+                bound.value.1.send(response)
+                bound.value.2.value.count -= 1
+            }
+        }
+        connections[ObjectIdentifier(connection)] = nil
+    }
+
+    final class Counter { var count = 0 }
+
+    // MARK: - Operations
+
+    private func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    private func failure(_ error: PDError, to frame: Frame) -> Frame {
+        var status = error.status
+        if error.code == .notLeader, let address = members[error.leader] { status.leaderAddress = address.description }
+        return Frame(errorTo: frame, status: status)
+    }
+
+    /// Answers one client request.
+    func respond(to frame: Frame) async -> Frame {
+        guard let operation = frame.operation else {
+            return failure(PDError(.unsupportedOperation, "operation 0x\(String(frame.rawOperation, radix: 16)) is unknown"), to: frame)
+        }
+        do {
+            switch operation {
+            case .ping:
+                return try Frame(responseTo: frame, header: Elasticstream_V1_Status())
+            case .createStream, .openStream, .updateStream, .trimStream, .deleteStream, .pdCreateRange, .pdSealRange,
+                 .registerRangeServer, .rangeServerHeartbeat, .allocateID, .commitObject:
+                let command = PDCommand(operation: operation, now: now(), request: Array(frame.header))
+                let result = try await member.propose(command)
+                return try response(to: frame, operation, result)
+            case .describeStream:
+                let request = try frame.header(as: Elasticstream_V1_DescribeStreamRequest.self)
+                let stream = try await member.read { (state) throws(PDError) in try state.describeStream(request.streamID) }
+                var response = Elasticstream_V1_DescribeStreamResponse()
+                response.stream = stream
+                return try Frame(responseTo: frame, header: response)
+            case .listRanges:
+                let request = try frame.header(as: Elasticstream_V1_ListRangesRequest.self)
+                let ranges = try await member.read { (state) throws(PDError) -> [RangeRecord] in
+                    switch request.filter {
+                    case .serverID(let id): return state.listRanges(server: id)
+                    case .streamID(let id): return try state.listRanges(stream: id)
+                    case nil: throw PDError(.invalidArgument, "list ranges of a stream or of a server")
+                    }
+                }
+                var response = Elasticstream_V1_ListRangesResponse()
+                response.ranges = ranges
+                return try Frame(responseTo: frame, header: response)
+            case .listRangeServers:
+                let time = now()
+                let servers = try await member.read { $0.listServers(now: time) }
+                var response = Elasticstream_V1_ListRangeServersResponse()
+                response.servers = servers
+                return try Frame(responseTo: frame, header: response)
+            case .listObjects:
+                let request = try frame.header(as: Elasticstream_V1_ListObjectsRequest.self)
+                let objects = try await member.read {
+                    $0.listObjects(stream: request.streamID, from: request.startOffset, to: request.endOffset)
+                }
+                var response = Elasticstream_V1_ListObjectsResponse()
+                response.objects = objects
+                return try Frame(responseTo: frame, header: response)
+            case .watch:
+                let request = try frame.header(as: Elasticstream_V1_WatchRequest.self)
+                let (events, revision) = try await member.read { (state) throws(PDError) in
+                    (try state.events(after: request.afterRevision), state.revision)
+                }
+                var response = Elasticstream_V1_WatchResponse()
+                let kinds = Set(request.kinds)
+                response.events = events.filter { kinds.isEmpty || kinds.contains(Self.kind(of: $0)) }
+                response.revision = revision
+                return try Frame(responseTo: frame, header: response)
+            case .describeCluster:
+                let time = now()
+                let servers = try await member.read { $0.listServers(now: time) }
+                var response = Elasticstream_V1_DescribeClusterResponse()
+                response.leaderID = member.leader
+                response.members = members.keys.sorted().map { id in
+                    var entry = Elasticstream_V1_PlacementDriverMember()
+                    entry.memberID = id
+                    entry.address = members[id]!.description
+                    entry.leader = id == member.leader
+                    return entry
+                }
+                response.servers = servers
+                return try Frame(responseTo: frame, header: response)
+            default:
+                return failure(PDError(.unsupportedOperation, "a placement driver does not serve \(operation)"), to: frame)
+            }
+        } catch let error as PDError {
+            return failure(error, to: frame)
+        } catch {
+            return failure(PDError(.badRequest, "\(error)"), to: frame)
+        }
+    }
+
+    private static func kind(of event: WatchEvent) -> Elasticstream_V1_ResourceKind {
+        switch event.resource {
+        case .stream: .resourceStream
+        case .range: .resourceRange
+        case .rangeServer: .resourceRangeServer
+        case .object: .resourceObject
+        case nil: .unspecified
+        }
+    }
+
+    private func response(to frame: Frame, _ operation: OperationCode, _ result: PDResult) throws -> Frame {
+        if case .failed(let error) = result { return failure(error, to: frame) }
+        switch (operation, result) {
+        case (.createStream, .stream(let stream, _)):
+            var response = Elasticstream_V1_CreateStreamResponse()
+            response.stream = stream
+            return try Frame(responseTo: frame, header: response)
+        case (.openStream, .stream(let stream, let ranges)):
+            var response = Elasticstream_V1_OpenStreamResponse()
+            response.stream = stream
+            response.ranges = ranges
+            return try Frame(responseTo: frame, header: response)
+        case (.updateStream, .stream(let stream, _)):
+            var response = Elasticstream_V1_UpdateStreamResponse()
+            response.stream = stream
+            return try Frame(responseTo: frame, header: response)
+        case (.trimStream, .stream(let stream, _)):
+            var response = Elasticstream_V1_TrimStreamResponse()
+            response.stream = stream
+            return try Frame(responseTo: frame, header: response)
+        case (.deleteStream, .stream(let stream, _)):
+            var response = Elasticstream_V1_DeleteStreamResponse()
+            response.stream = stream
+            return try Frame(responseTo: frame, header: response)
+        case (.pdCreateRange, .range(let range)):
+            var response = Elasticstream_V1_CreateRangeResponse()
+            response.range = range
+            return try Frame(responseTo: frame, header: response)
+        case (.pdSealRange, .range(let range)):
+            var response = Elasticstream_V1_SealRangeResponse()
+            response.range = range
+            return try Frame(responseTo: frame, header: response)
+        case (.registerRangeServer, .serverID(let id)):
+            var response = Elasticstream_V1_RegisterRangeServerResponse()
+            response.serverID = id
+            return try Frame(responseTo: frame, header: response)
+        case (.allocateID, .firstID(let first)):
+            var response = Elasticstream_V1_AllocateIdResponse()
+            response.firstID = first
+            return try Frame(responseTo: frame, header: response)
+        case (.rangeServerHeartbeat, _):
+            return try Frame(responseTo: frame, header: Elasticstream_V1_RangeServerHeartbeatResponse())
+        case (.commitObject, _):
+            return try Frame(responseTo: frame, header: Elasticstream_V1_CommitObjectResponse())
+        default:
+            return failure(PDError(.unknown, "\(operation) answered \(result)"), to: frame)
+        }
+    }
+}
+
+@available(*, unavailable)
+extension PDServer: Sendable {}
+
+/// The outgoing connection to one peer: Raft messages queue (bounded, oldest dropped) while it connects.
+final class PeerLink {
+    let address: MemberAddress
+    let context: ShardContext
+    private var connection: FrameConnection?
+    private var pending: [Raft.Message] = []
+    private var connecting = false
+    private var stopped = false
+    static let maxPending = 4096
+
+    init(address: MemberAddress, context: ShardContext) {
+        self.address = address
+        self.context = context
+    }
+
+    func send(_ message: Raft.Message) {
+        guard !stopped else { return }
+        if let connection, !connection.closed {
+            if connection.send(Self.frame(message)) { return }
+        }
+        pending.append(message)
+        if pending.count > Self.maxPending { pending.removeFirst(pending.count - Self.maxPending) }
+        connect()
+    }
+
+    static func frame(_ message: Raft.Message) -> Frame {
+        Frame(operation: .raftMessage, requestID: 0, header: [], payload: message.encoded())
+    }
+
+    private func connect() {
+        guard !connecting, !stopped else { return }
+        connecting = true
+        let link = ShardBound(self)
+        context.spawn { await link.value.connectLoop() }
+    }
+
+    private func connectLoop() async {
+        defer { connecting = false }
+        var backoff = Duration.milliseconds(20)
+        while !stopped {
+            do {
+                let tcp = try await context.connect(host: address.host, port: address.port)
+                let framed = FrameConnection(tcp, context: context, maxQueuedBytes: 16 << 20)
+                connection = framed
+                let queued = pending
+                pending = []
+                for message in queued { framed.send(Self.frame(message)) }
+                // Peers answer on their own connections; reading here only notices when this one closes.
+                let bound = ShardBound(framed)
+                context.spawn { await bound.value.readLoop { _ in } }
+                return
+            } catch {
+                try? await context.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(1))
+            }
+        }
+    }
+
+    func stop() async {
+        stopped = true
+        pending = []
+        await connection?.close()
+    }
+}
+
+@available(*, unavailable)
+extension PeerLink: Sendable {}

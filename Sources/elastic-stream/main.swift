@@ -1,0 +1,117 @@
+// elastic-stream: the server process. Reads a configuration file from Config/, starts the reactor and an embedded
+// placement driver member (a single-member quorum by default, or the members the file lists), serves until SIGTERM
+// or SIGINT, then stops cleanly. The range server services arrive with the next issue.
+//
+//   elastic-stream [--config FILE]      (default: Config/standalone.toml)
+import Dispatch
+import Foundation
+import Logging
+import PlacementDriver
+import Raft
+import Reactor
+import Synchronization
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("elastic-stream: \(message)\n".utf8))
+    exit(2)
+}
+
+var arguments = Array(CommandLine.arguments.dropFirst())
+var configurationPath = "Config/standalone.toml"
+while let argument = arguments.first {
+    arguments.removeFirst()
+    switch argument {
+    case "--config":
+        guard let path = arguments.first else { fail("--config needs a file") }
+        configurationPath = path
+        arguments.removeFirst()
+    case "--help", "-h":
+        print("usage: elastic-stream [--config FILE]   (default: Config/standalone.toml)")
+        exit(0)
+    default:
+        fail("unknown argument '\(argument)' (try --help)")
+    }
+}
+
+guard let text = try? String(contentsOfFile: configurationPath, encoding: .utf8) else {
+    fail("cannot read the configuration file \(configurationPath)")
+}
+let reactorConfiguration: ReactorConfiguration
+let pdConfiguration: PDConfiguration
+do {
+    reactorConfiguration = try ReactorConfiguration(configurationText: text, file: configurationPath)
+    pdConfiguration = try PDConfiguration(configurationText: text, file: configurationPath)
+} catch {
+    fail("\(error)")
+}
+
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .info
+    return handler
+}
+let logger = Logger(label: "elastic-stream")
+
+/// Set by SIGTERM or SIGINT; the server polls it.
+final class StopRequest: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var requested: Bool { flag.load(ordering: .acquiring) }
+    func request() { flag.store(true, ordering: .releasing) }
+}
+/// SIGTERM and SIGINT request a stop (handled on a dispatch queue, never on a shard).
+nonisolated func installSignalHandlers(_ stop: StopRequest) -> [DispatchSourceSignal] {
+    signal(SIGTERM, SIG_IGN)
+    signal(SIGINT, SIG_IGN)
+    return [SIGTERM, SIGINT].map { number in
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { @Sendable in
+            Logger(label: "elastic-stream").info("signal received: stopping",
+                                                 metadata: ["signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")"])
+            stop.request()
+        }
+        source.resume()
+        return source
+    }
+}
+let stop = StopRequest()
+let signalSources = installSignalHandlers(stop)
+
+let reactor: Reactor
+do {
+    reactor = try Reactor(configuration: reactorConfiguration)
+} catch {
+    fail("the reactor did not start: \(error)")
+}
+
+let own = pdConfiguration.ownAddress!
+let settings = PDMember.Settings(
+    id: pdConfiguration.memberID, initialVoters: Set(pdConfiguration.members.map(\.id)),
+    directory: pdConfiguration.dataDirectory, tick: pdConfiguration.tick,
+    raft: RaftConfiguration(electionTicks: pdConfiguration.electionTicks, heartbeatTicks: pdConfiguration.heartbeatTicks),
+    stateMachine: .init(heartbeatTimeoutMilliseconds: Int64(pdConfiguration.serverHeartbeatTimeout.components.seconds * 1000)
+        + pdConfiguration.serverHeartbeatTimeout.components.attoseconds / 1_000_000_000_000_000),
+    snapshotEvery: pdConfiguration.snapshotEvery)
+let members = Dictionary(uniqueKeysWithValues: pdConfiguration.members.map { ($0.id, $0) })
+
+do {
+    try await reactor.run(on: 0) { context in
+        let member = try await PDMember.start(settings, on: context)
+        let server = try PDServer.start(member: member, members: members, on: context)
+        logger.info("elastic-stream started", metadata: [
+            "member": "\(settings.id)", "listen": "\(own)", "members": "\(pdConfiguration.members.map { "\($0.id)=\($0)" })",
+            "data": "\(settings.directory)", "shards": "\(reactor.shardCount)",
+        ])
+        // Print the line test harnesses wait for.
+        FileHandle.standardOutput.write(Data("READY \(own)\n".utf8))
+        while !stop.requested { try await context.sleep(for: .milliseconds(20)) }
+        await server.stop()
+        await member.stop()
+    }
+} catch {
+    logger.critical("the placement driver member failed", metadata: ["error": "\(error)"])
+    reactor.shutdown()
+    exit(1)
+}
+reactor.shutdown()
+logger.info("elastic-stream stopped")
+exit(0)
