@@ -88,7 +88,8 @@ let package = Package(
         .target(name: "MallocCounter", path: "Perf/MallocCounter", cSettings: [.unsafeFlags(["-O2"])]),
         .executableTarget(
             name: "es-perf",
-            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire", "Store"],
+            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire", "Store",
+                           "PlacementDriver"],
             path: "Perf/es-perf",
             swiftSettings: swiftSettings
         ),

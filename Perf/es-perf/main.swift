@@ -11,6 +11,8 @@ let usage = """
       reactor    io_uring NOPs, job hops, cross-shard round trips, 4 KiB O_DIRECT write+fdatasync (needs fio)
       codec      record batch encode/decode, checksum, frame header decode, allocations per decoded batch
       store      WAL appends (QD1, 64 appenders), hot and warm reads, recovery time (needs fio)
+      pd         placement driver writes on 3 elastic-stream processes, beside etcd (needs etcd-server and
+                 swift build -c release --product elastic-stream)
     options:
       --dir PATH   where the write benchmark puts its 256 MiB file (default: $TMPDIR or /var/tmp); ext4 or xfs
       --quick      fewer iterations (a smoke run; figures are noisier)
@@ -50,6 +52,13 @@ case "store":
         try await StoreSuite(options: options).run()
     } catch {
         FileHandle.standardError.write(Data("es-perf store: \(error)\n".utf8))
+        exit(1)
+    }
+case "pd":
+    do {
+        try await PDSuite(options: options).run()
+    } catch {
+        FileHandle.standardError.write(Data("es-perf pd: \(error)\n".utf8))
         exit(1)
     }
 case "codec":

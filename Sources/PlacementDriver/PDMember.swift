@@ -197,6 +197,11 @@ public final class PDMember {
             while node.hasReady && !stopped {
                 let wasLeader = node.role == .leader
                 let ready = node.ready()
+                // A leader's appends may go out before its own copy is on disk (it counts itself only once it is):
+                // the followers' writes then overlap the leader's. Votes and responses wait for the disk.
+                for message in ready.messages where message.kind == .append || message.kind == .heartbeat {
+                    send(message)
+                }
                 do {
                     try await storage.persist(ready)
                 } catch {
@@ -206,7 +211,9 @@ public final class PDMember {
                     failWaiters(PDError(.storageFailed, "the member's Raft log could not be written: \(error)"))
                     return
                 }
-                for message in ready.messages { send(message) }
+                for message in ready.messages where message.kind != .append && message.kind != .heartbeat {
+                    send(message)
+                }
                 if let snapshot = ready.snapshot, !snapshot.data.isEmpty {
                     do {
                         state = try PDStateMachine(settings: settings.stateMachine, restoring: snapshot.data)

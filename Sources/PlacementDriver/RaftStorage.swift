@@ -151,6 +151,12 @@ public final class RaftStorage {
         if !ready.entries.isEmpty { encodeEntries(ready.entries, into: &out) }
         if let hard = ready.hardState { encodeHardState(hard, into: &out) }
         guard !out.records.isEmpty else { return }
+        // Only a new term, a vote, entries or a snapshot must be on disk before anything goes out. A commit index
+        // alone is not written at all: it rides along with the next record, and after a restart it is learned
+        // again (from the leader, or by a new leader's first commit).
+        let mustSync = ready.snapshot != nil || !ready.entries.isEmpty
+            || ready.hardState.map { $0.term != state.hardState.term || $0.vote != state.hardState.vote } ?? false
+        guard mustSync else { return }
         if let snapshot = ready.snapshot { Self.applySnapshot(snapshot, to: &state) }
         if let first = ready.entries.first {
             state.entries.removeAll { $0.index >= first.index }
@@ -175,11 +181,11 @@ public final class RaftStorage {
         if let first = state.entries.first, first.index != snapshot.index + 1 { state.entries = [] }
     }
 
-    private func append(_ out: Writer) async throws(IOError) {
+    private func append(_ out: Writer, sync: Bool = true) async throws(IOError) {
         let bytes = out.finish(startingAt: tail)
-        try await Self.writeAll(bytes, to: file, at: tail)
+        try await Self.writeAll(bytes, to: file, at: tail, sync: sync)
         tail += UInt64(bytes.count)
-        syncs += 1
+        if sync { syncs += 1 }
     }
 
     private func writeImage(into target: File) async throws(IOError) {
@@ -193,7 +199,9 @@ public final class RaftStorage {
     }
 
     /// Writes `bytes` at `offset` and fdatasyncs.
-    private static func writeAll(_ bytes: [UInt8], to file: File, at offset: UInt64) async throws(IOError) {
+    private static func writeAll(_ bytes: [UInt8], to file: File, at offset: UInt64, sync: Bool = true)
+        async throws(IOError)
+    {
         let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
         defer { raw.deallocate() }
         raw.copyBytes(from: bytes)
@@ -202,7 +210,7 @@ public final class RaftStorage {
             done += try await file.write(UnsafeRawBufferPointer(rebasing: raw[done..<bytes.count]),
                                          at: offset + UInt64(done))
         }
-        try await file.sync()
+        if sync { try await file.sync() }
     }
 
     /// Replaces the file with one image of the current state (written aside, synced, renamed over it).
