@@ -95,7 +95,7 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
                 try await reactor.run(on: 0) { context -> Int in
                     let box = MemberBox(member: try await PDMember.start(settings(other), on: context))
                     try await box.waitForLeadership()
-                    for _ in 0..<150 { _ = try await box.createStream() }
+                    for _ in 0..<600 { _ = try await box.createStream() }
                     await box.member.stop()
                     return try FileManager.default.attributesOfItem(atPath: "\(other)/raft.log")[.size] as! Int
                 }
@@ -103,7 +103,7 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
             let before = try await reactor.run(on: 0) { context -> [UInt8] in
                 let box = MemberBox(member: try await PDMember.start(configured, on: context))
                 try await box.waitForLeadership()
-                for _ in 0..<150 { _ = try await box.createStream() }
+                for _ in 0..<600 { _ = try await box.createStream() }
                 let snapshot = try box.member.state.snapshot()
                 await box.member.stop()
                 return snapshot
