@@ -6,7 +6,8 @@ import Wire
 
 /// A client of the placement driver, on one shard: finds the leader from a list of member addresses (following
 /// NOT_LEADER answers to the leader they name, trying the next address when one is down or knows no leader), retries
-/// with backoff, and gives up cleanly after `timeout` with the last error it saw. Shard-bound.
+/// every 10 to 50 ms (an election is short), and gives up cleanly after `timeout` with the last error it saw.
+/// Shard-bound.
 public final class PDClient {
     public private(set) var addresses: [String]
     let context: ShardContext
@@ -54,7 +55,7 @@ public final class PDClient {
             } catch {
                 last = error
                 if error.code == .timeout { break }
-                try? await context.sleep(for: backoff)
+                try? await context.sleep(for: min(backoff, .milliseconds(50)))
                 backoff = min(backoff * 2, .milliseconds(500))
                 continue
             }
@@ -71,7 +72,8 @@ public final class PDClient {
                         await switchTo(leader)
                     } else {
                         if status.code == .notLeader && status.leaderAddress.isEmpty { await switchTo((target + 1) % addresses.count) }
-                        try? await context.sleep(for: backoff)
+                        // An election is short: look again soon.
+                        try? await context.sleep(for: min(backoff, .milliseconds(50)))
                         backoff = min(backoff * 2, .milliseconds(500))
                     }
                     continue
