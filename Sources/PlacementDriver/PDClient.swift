@@ -45,10 +45,10 @@ public final class PDClient {
         } catch {
             throw PDError(.badRequest, "the request does not encode: \(error)")
         }
-        let deadline = ContinuousClock.now + timeout
+        let deadline = context.now + timeout
         var backoff = Duration.milliseconds(10)
         var last = PDError(.timeout, "no member answered")
-        while ContinuousClock.now < deadline {
+        while context.now < deadline {
             let frame: Frame
             do {
                 frame = try await attempt(operation, header, until: deadline)
@@ -99,14 +99,14 @@ public final class PDClient {
     }
 
     /// One request to the current target; a connection failure moves to the next address.
-    private func attempt(_ operation: OperationCode, _ header: [UInt8], until deadline: ContinuousClock.Instant)
+    private func attempt(_ operation: OperationCode, _ header: [UInt8], until deadline: Instant)
         async throws(PDError) -> Frame
     {
         let connection = try await connected()
         let id = nextRequestID
         nextRequestID += 1
         let frame = Frame(operation: operation, requestID: id, header: header)
-        let remaining = deadline - ContinuousClock.now
+        let remaining = deadline - context.now
         let client = ShardBound(self)
         let timer = context.spawn {
             try await client.value.context.sleep(for: remaining)
