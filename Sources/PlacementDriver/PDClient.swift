@@ -17,6 +17,9 @@ public final class PDClient {
     private var connection: FrameConnection?
     private var pending: [UInt64: UnsafeContinuation<Result<Frame, PDError>, Never>] = [:]
     private var nextRequestID: UInt64 = 1
+    /// Sent with every call (and its retries), so that the placement driver applies a retried write only once.
+    public let clientID = UInt64.random(in: 1...UInt64.max)
+    private var nextSequence: UInt64 = 1
 
     /// `addresses`: "host:port" of the members.
     public init(addresses: [String], on context: ShardContext, timeout: Duration = .seconds(5)) {
@@ -45,13 +48,18 @@ public final class PDClient {
         } catch {
             throw PDError(.badRequest, "the request does not encode: \(error)")
         }
+        let sequence = nextSequence
+        nextSequence += 1
+        var identity: [UInt8] = []
+        withUnsafeBytes(of: clientID.littleEndian) { identity += $0 }
+        withUnsafeBytes(of: sequence.littleEndian) { identity += $0 }
         let deadline = context.now + timeout
         var backoff = Duration.milliseconds(10)
         var last = PDError(.timeout, "no member answered")
         while context.now < deadline {
             let frame: Frame
             do {
-                frame = try await attempt(operation, header, until: deadline)
+                frame = try await attempt(operation, header, identity, until: deadline)
             } catch {
                 last = error
                 if error.code == .timeout { break }
@@ -99,13 +107,13 @@ public final class PDClient {
     }
 
     /// One request to the current target; a connection failure moves to the next address.
-    private func attempt(_ operation: OperationCode, _ header: [UInt8], until deadline: Instant)
+    private func attempt(_ operation: OperationCode, _ header: [UInt8], _ identity: [UInt8], until deadline: Instant)
         async throws(PDError) -> Frame
     {
         let connection = try await connected()
         let id = nextRequestID
         nextRequestID += 1
-        let frame = Frame(operation: operation, requestID: id, header: header)
+        let frame = Frame(operation: operation, requestID: id, header: header, payload: identity)
         let remaining = deadline - context.now
         let client = ShardBound(self)
         let timer = context.spawn {

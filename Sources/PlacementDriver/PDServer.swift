@@ -141,7 +141,17 @@ public final class PDServer {
                 return try Frame(responseTo: frame, header: Elasticstream_V1_Status())
             case .createStream, .openStream, .updateStream, .trimStream, .deleteStream, .pdCreateRange, .pdSealRange,
                  .registerRangeServer, .rangeServerHeartbeat, .allocateID, .commitObject:
-                let command = PDCommand(operation: operation, now: now(), request: Array(frame.header))
+                // The payload of a write, when present, is the client's id and the call's sequence (16 bytes):
+                // a retry of the same call is answered from the first one's result.
+                let payload = Array(frame.payload)
+                var client: UInt64 = 0
+                var sequence: UInt64 = 0
+                if payload.count == 16 {
+                    client = payload[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    sequence = payload[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                }
+                let command = PDCommand(operation: operation, now: now(), request: Array(frame.header),
+                                        clientID: client, sequence: sequence)
                 let result = try await member.propose(command)
                 return try response(to: frame, operation, result)
             case .describeStream:

@@ -36,16 +36,54 @@ public struct PDStateMachine: Sendable {
     // MARK: - Applying
 
     /// Applies the command of the Raft entry at `index`. A refused command changes nothing and answers `.failed`.
+    /// A command whose client and sequence were applied before is answered with the first one's result and changes
+    /// nothing: a retried call is never applied twice.
     public mutating func apply(_ command: PDCommand, at index: UInt64) -> PDResult {
         revision = max(revision, index)
+        if command.clientID != 0, let earlier = sessions[command.clientID]?.results[command.sequence] {
+            sessions[command.clientID]!.lastUsed = index
+            return earlier
+        }
+        let result: PDResult
         do {
-            return try applyThrowing(command)
+            result = try applyThrowing(command)
         } catch let error as PDError {
-            return .failed(error)
+            result = .failed(error)
         } catch {
-            return .failed(PDError(.badRequest, "the request does not decode: \(error)"))
+            result = .failed(PDError(.badRequest, "the request does not decode: \(error)"))
+        }
+        if command.clientID != 0 { remember(result, client: command.clientID, sequence: command.sequence, at: index) }
+        return result
+    }
+
+    /// What a client's recent calls answered. Bounded: the newest `resultsPerClient` per client, and the
+    /// `maxSessions` clients heard from last (evictions are decided from the log alone, so every member agrees).
+    struct Session: Sendable {
+        var results: [UInt64: PDResult] = [:]
+        var lastUsed: UInt64 = 0
+    }
+
+    private var sessions: [UInt64: Session] = [:]
+    static let resultsPerClient = 4096
+    static let maxSessions = 10_000
+
+    private mutating func remember(_ result: PDResult, client: UInt64, sequence: UInt64, at index: UInt64) {
+        var session = sessions[client] ?? Session()
+        session.results[sequence] = result
+        session.lastUsed = index
+        if session.results.count > 2 * Self.resultsPerClient {
+            let floor = session.results.keys.sorted(by: >)[Self.resultsPerClient - 1]
+            session.results = session.results.filter { $0.key >= floor }
+        }
+        sessions[client] = session
+        if sessions.count > Self.maxSessions {
+            let oldest = sessions.min { ($0.value.lastUsed, $0.key) < ($1.value.lastUsed, $1.key) }!.key
+            sessions[oldest] = nil
         }
     }
+
+    /// Clients with remembered results (for tests and status).
+    public var sessionCount: Int { sessions.count }
 
     private mutating func applyThrowing(_ command: PDCommand) throws -> PDResult {
         let now = command.nowMilliseconds
@@ -360,7 +398,7 @@ public struct PDStateMachine: Sendable {
             put(UInt64(bytes.count))
             out += bytes
         }
-        put(1)  // version
+        put(2)  // version
         put(revision)
         for kind in [Elasticstream_V1_IdKind.stream, .rangeServer, .object] { put(nextID[kind]!) }
         put(UInt64(streams.count))
@@ -373,6 +411,19 @@ public struct PDStateMachine: Sendable {
         let allObjects = objects.keys.sorted().flatMap { objects[$0]! }
         put(UInt64(allObjects.count))
         for object in allObjects { try put(object) }
+        put(UInt64(sessions.count))
+        for client in sessions.keys.sorted() {
+            let session = sessions[client]!
+            put(client)
+            put(session.lastUsed)
+            put(UInt64(session.results.count))
+            for sequence in session.results.keys.sorted() {
+                put(sequence)
+                let encoded = try session.results[sequence]!.encoded()
+                put(UInt64(encoded.count))
+                out += encoded
+            }
+        }
         return out
     }
 
@@ -392,7 +443,7 @@ public struct PDStateMachine: Sendable {
             defer { offset += length }
             return try M(serializedBytes: Array(bytes[offset..<(offset + length)]))
         }
-        guard try get() == 1 else { throw PDError(.dataCorrupted, "unknown snapshot version") }
+        guard try get() == 2 else { throw PDError(.dataCorrupted, "unknown snapshot version") }
         revision = try get()
         for kind in [Elasticstream_V1_IdKind.stream, .rangeServer, .object] { nextID[kind] = try get() }
         for _ in 0..<(try get()) {
@@ -411,6 +462,21 @@ public struct PDStateMachine: Sendable {
         for _ in 0..<(try get()) {
             let object = try message(ObjectRecord.self)
             objects[object.streamID, default: []].append(object)
+        }
+        for _ in 0..<(try get()) {
+            let client = try get()
+            var session = Session()
+            session.lastUsed = try get()
+            for _ in 0..<(try get()) {
+                let sequence = try get()
+                let length = Int(try get())
+                guard length >= 0, offset + length <= bytes.count else {
+                    throw PDError(.dataCorrupted, "snapshot session truncated at \(offset)")
+                }
+                session.results[sequence] = try PDResult(decoding: Array(bytes[offset..<(offset + length)]))
+                offset += length
+            }
+            sessions[client] = session
         }
         guard offset == bytes.count else { throw PDError(.dataCorrupted, "\(bytes.count - offset) bytes left in snapshot") }
     }

@@ -133,8 +133,8 @@ struct ClientBox: @unchecked Sendable {
 
 @Suite(.serialized) struct ClusterProcessTests {
     /// Three processes: a stream created through one member is visible through each of the others; SIGKILL the
-    /// leader under a steady stream of writes: a new leader serves within 2 s and every acknowledged write is still
-    /// there; the killed member restarts and the group keeps serving with it while another member is down; with two
+    /// leader under a steady stream of writes: a new leader serves within 2 s, every acknowledged write is still
+    /// there and none was applied twice; the killed member restarts and the group keeps serving with it while another member is down; with two
     /// of three down, calls fail with a clear error instead of hanging; SIGTERM stops a member cleanly.
     @Test func threeMembersSurviveTheLossOfTheLeader() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: serverPath()),
@@ -182,6 +182,17 @@ struct ClientBox: @unchecked Sendable {
             return missing
         }
         #expect(missing.isEmpty, "acknowledged streams lost: \(missing)")
+        // Stream ids are allocated in order: any id up to the highest that was not acknowledged would be a write
+        // applied twice (a retry across the failover applied again).
+        let known = Set(acknowledged + [created])
+        let extra = try await withClient(reactor, survivors) { box in
+            var extra: [UInt64] = []
+            for id in 1...(known.max()! + 3) where !known.contains(id) {
+                if (try? await box.describe(id)) != nil { extra.append(id) }
+            }
+            return extra
+        }
+        #expect(extra.isEmpty, "streams nobody was told about (applied twice?): \(extra)")
 
         // The killed member comes back; then another goes down: the group (now needing the restarted member) serves.
         try cluster.start(leader)

@@ -214,11 +214,39 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(events.allSatisfy { $0.revision > revision })
     }
 
+    /// A retried call (same client, same sequence) is answered with the first one's result and applied once, also
+    /// after the state was restored from a snapshot; another sequence is a new call.
+    @Test func aRetriedCallIsAppliedOnce() throws {
+        var pd = Applier()
+        var request = Elasticstream_V1_CreateStreamRequest()
+        request.stream.replicaCount = 1
+        request.stream.ackCount = 1
+        func call(_ sequence: UInt64) -> PDResult {
+            pd.index += 1
+            return pd.machine.apply(try! PDCommand(.createStream, now: pd.now, request: request, clientID: 77,
+                                                   sequence: sequence), at: pd.index)
+        }
+        guard case .stream(let first, _) = call(1), case .stream(let retried, _) = call(1) else {
+            Issue.record("create")
+            return
+        }
+        #expect(first.streamID == retried.streamID)
+        #expect(pd.machine.streams.count == 1)
+        guard case .stream(let second, _) = call(2) else { Issue.record("create"); return }
+        #expect(second.streamID != first.streamID)
+        pd.machine = try PDStateMachine(settings: .init(heartbeatTimeoutMilliseconds: 5_000),
+                                        restoring: try pd.machine.snapshot())
+        guard case .stream(let afterRestore, _) = call(2) else { Issue.record("create"); return }
+        #expect(afterRestore.streamID == second.streamID)
+        #expect(pd.machine.streams.count == 2)
+        #expect(pd.machine.sessionCount == 1)
+    }
+
     @Test func commandsRoundTripThroughTheirEncoding() throws {
         var request = Elasticstream_V1_OpenStreamRequest()
         request.streamID = 9
-        let command = try PDCommand(.openStream, now: -5, request: request)
+        let command = try PDCommand(.openStream, now: -5, request: request, clientID: 3, sequence: 9)
         #expect(PDCommand(command.encoded()) == command)
-        #expect(PDCommand([0xFF, 0xFF] + [UInt8](repeating: 0, count: 8)) == nil)
+        #expect(PDCommand([0xFF, 0xFF] + [UInt8](repeating: 0, count: 24)) == nil)
     }
 }
