@@ -175,13 +175,36 @@ struct PerfClient: @unchecked Sendable {
         return request
     }
 
-    /// Streams opened once (epoch 1), each getting its range 0 in the timed part.
-    func prepareStreams(_ count: Int, concurrency: Int) async throws -> [UInt64] {
-        for _ in 0..<3 {
+    /// Three range servers, registered, or heartbeating so that they stay healthy (the setup takes longer than the
+    /// placement driver's 10 s heartbeat timeout).
+    func keepServersHealthy() async throws {
+        for id in UInt64(1)...3 {
+            if try await heartbeat(id) { continue }
             var register = Elasticstream_V1_RegisterRangeServerRequest()
+            register.server.serverID = id
             register.server.shardAddresses = ["127.0.0.1:1"]
             _ = try await client.call(.registerRangeServer, register, as: Elasticstream_V1_RegisterRangeServerResponse.self)
         }
+    }
+
+    /// False when the server is not registered yet.
+    private func heartbeat(_ id: UInt64) async throws -> Bool {
+        var request = Elasticstream_V1_RangeServerHeartbeatRequest()
+        request.serverID = id
+        var failure: PDError?
+        do {
+            _ = try await client.call(.rangeServerHeartbeat, request, as: Elasticstream_V1_RangeServerHeartbeatResponse.self)
+        } catch {
+            failure = error
+        }
+        guard let failure else { return true }
+        if failure.code == .serverNotFound { return false }
+        throw failure
+    }
+
+    /// Streams opened once (epoch 1), each getting its range 0 in the timed part.
+    func prepareStreams(_ count: Int, concurrency: Int) async throws -> [UInt64] {
+        try await keepServersHealthy()
         let box = self
         return try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for worker in 0..<concurrency {
@@ -207,6 +230,7 @@ struct PerfClient: @unchecked Sendable {
 
     func measure(sequential: Int, concurrent: Int, concurrency: Int) async throws -> PDRun {
         let streams = try await prepareStreams(sequential + concurrent, concurrency: concurrency)
+        try await keepServersHealthy()
         var latencies: [UInt64] = []
         for id in streams.prefix(sequential) {
             let start = cs_monotonic_ns()
@@ -214,6 +238,7 @@ struct PerfClient: @unchecked Sendable {
             latencies.append(cs_monotonic_ns() - start)
         }
         let rest = Array(streams.dropFirst(sequential))
+        try await keepServersHealthy()
         let box = self
         let begin = cs_monotonic_ns()
         let concurrentLatencies = try await withThrowingTaskGroup(of: [UInt64].self) { group in

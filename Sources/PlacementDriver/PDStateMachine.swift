@@ -68,14 +68,13 @@ public struct PDStateMachine: Sendable {
     static let maxSessions = 10_000
 
     private mutating func remember(_ result: PDResult, client: UInt64, sequence: UInt64, at index: UInt64) {
-        var session = sessions[client] ?? Session()
-        session.results[sequence] = result
-        session.lastUsed = index
-        if session.results.count > 2 * Self.resultsPerClient {
-            let floor = session.results.keys.sorted(by: >)[Self.resultsPerClient - 1]
-            session.results = session.results.filter { $0.key >= floor }
+        // In place: a copy of the session would copy its results on every call.
+        sessions[client, default: Session()].results[sequence] = result
+        sessions[client]!.lastUsed = index
+        if sessions[client]!.results.count > 2 * Self.resultsPerClient {
+            let floor = sessions[client]!.results.keys.sorted(by: >)[Self.resultsPerClient - 1]
+            sessions[client]!.results = sessions[client]!.results.filter { $0.key >= floor }
         }
-        sessions[client] = session
         if sessions.count > Self.maxSessions {
             let oldest = sessions.min { ($0.value.lastUsed, $0.key) < ($1.value.lastUsed, $1.key) }!.key
             sessions[oldest] = nil
