@@ -16,6 +16,8 @@ public final class PDClient {
     private var target = 0
     private var connection: FrameConnection?
     private var pending: [UInt64: UnsafeContinuation<Result<Frame, PDError>, Never>] = [:]
+    private var deadlines: [UInt64: Instant] = [:]
+    private var sweeping = false
     private var nextRequestID: UInt64 = 1
     /// Sent with every call (and its retries), so that the placement driver applies a retried write only once.
     public let clientID = UInt64.random(in: 1...UInt64.max)
@@ -114,20 +116,33 @@ public final class PDClient {
         let id = nextRequestID
         nextRequestID += 1
         let frame = Frame(operation: operation, requestID: id, header: header, payload: identity)
-        let remaining = deadline - context.now
-        let client = ShardBound(self)
-        let timer = context.spawn {
-            try await client.value.context.sleep(for: remaining)
-            client.value.resolve(id, .failure(PDError(.timeout, "no answer from \(client.value.currentAddress)")))
-        }
-        defer { timer.cancel() }
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Frame, PDError>, Never>) in
             pending[id] = continuation
+            deadlines[id] = deadline
+            startSweeping()
             if !connection.send(frame) {
                 resolve(id, .failure(PDError(.unknown, "the connection to \(currentAddress) is closed")))
             }
         }
         return try result.get()
+    }
+
+    /// One task expires every request past its deadline, every 10 ms while any is pending (a timer per request
+    /// would cost a task and two ring requests each).
+    private func startSweeping() {
+        guard !sweeping else { return }
+        sweeping = true
+        let client = ShardBound(self)
+        context.spawn {
+            while !client.value.pending.isEmpty {
+                try? await client.value.context.sleep(for: .milliseconds(10))
+                let now = client.value.context.now
+                for (id, deadline) in client.value.deadlines where deadline <= now {
+                    client.value.resolve(id, .failure(PDError(.timeout, "no answer from \(client.value.currentAddress)")))
+                }
+            }
+            client.value.sweeping = false
+        }
     }
 
     private func connected() async throws(PDError) -> FrameConnection {
@@ -163,12 +178,14 @@ public final class PDClient {
     }
 
     private func resolve(_ id: UInt64, _ result: Result<Frame, PDError>) {
+        deadlines[id] = nil
         pending.removeValue(forKey: id)?.resume(returning: result)
     }
 
     private func fail(_ error: PDError) {
         let waiting = pending
         pending = [:]
+        deadlines = [:]
         for (_, continuation) in waiting { continuation.resume(returning: .failure(error)) }
     }
 }

@@ -17,7 +17,7 @@ public struct PDConfiguration: Sendable, Hashable {
     public var heartbeatTicks = 1
     /// A range server silent for longer is not given new replicas.
     public var serverHeartbeatTimeout: Duration = .seconds(10)
-    public var snapshotEvery: UInt64 = 10_000
+    public var snapshotEvery: UInt64 = 100_000
 
     public init() {}
 

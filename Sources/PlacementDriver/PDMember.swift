@@ -24,7 +24,7 @@ public final class PDMember {
 
         public init(id: NodeID, initialVoters: Set<NodeID>, directory: String, tick: Duration = .milliseconds(50),
                     raft: RaftConfiguration = RaftConfiguration(), stateMachine: PDStateMachine.Settings = .init(),
-                    snapshotEvery: UInt64 = 10_000, compactionBytes: Int = 64 << 20) {
+                    snapshotEvery: UInt64 = 100_000, compactionBytes: Int = 64 << 20) {
             self.id = id
             self.initialVoters = initialVoters
             self.directory = directory
