@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         // Exact: the generated code in Sources/Wire/Generated comes from this version's protoc-gen-swift.
         .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", exact: "0.6.0"),
     ],
     targets: [
         // The thin C shim over liburing, libnuma, libhugetlbfs and libxxhash. liburing.h is included only from the
@@ -75,7 +76,8 @@ let package = Package(
         .target(name: "PlacementDriver",
                 dependencies: ["Raft", "Wire", "Reactor", "Platform", "CSupport",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                               .product(name: "Logging", package: "swift-log")],
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: swiftSettings),
         // The server process: reactor, embedded placement driver member (range server services follow).
         .executableTarget(name: "elastic-stream",

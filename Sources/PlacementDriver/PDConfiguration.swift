@@ -1,9 +1,10 @@
 import Foundation
 import Raft
+import TOMLKit
 
-/// The `[pd]` table of a configuration file in `Config/` (the same TOML subset as `[reactor]`: `key = value` lines,
-/// integers, quoted strings, arrays of quoted strings, durations as "50ms"). Unknown keys and bad values are errors
-/// that name the file, the line and the key.
+/// The `[pd]` table of a configuration file in `Config/`, read with TOMLKit (the whole file must be valid TOML).
+/// Durations are strings such as "50ms". Unknown keys and bad values are errors that name the file, the table, the
+/// key and the problem; a syntax error names the line.
 public struct PDConfiguration: Sendable, Hashable {
     /// This member's id in the group.
     public var memberID: NodeID = 1
@@ -29,33 +30,38 @@ public struct PDConfiguration: Sendable, Hashable {
 
     public init(configurationText text: String, file: String = "<text>") throws(Invalid) {
         self.init()
-        var table = ""
+        let document: TOMLTable
+        do {
+            document = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw Invalid(description: "\(file):\(error.source.begin.line): \(error.description)")
+        } catch {
+            throw Invalid(description: "\(file): \(error)")
+        }
         var sawMembers = false
-        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = Self.stripComment(String(raw)).trimmingCharacters(in: .whitespaces)
-            if line.isEmpty { continue }
-            let place = "\(file):\(number + 1)"
-            if line.hasPrefix("[") {
-                guard line.hasSuffix("]") else { throw Invalid(description: "\(place): unterminated table header") }
-                table = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
-                continue
-            }
-            guard table == "pd" else { continue }
-            guard let equals = line.firstIndex(of: "=") else { throw Invalid(description: "\(place): expected key = value") }
-            let key = line[..<equals].trimmingCharacters(in: .whitespaces)
-            let value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
-            switch key {
-            case "member_id": memberID = NodeID(try Self.integer(key, value, place, in: 1...Int(Int32.max)))
-            case "data_dir": dataDirectory = try Self.string(key, value, place)
-            case "members":
-                members = try Self.strings(key, value, place).map { (item) throws(Invalid) in try Self.member(item, place) }
-                sawMembers = true
-            case "tick": tick = try Self.duration(key, value, place)
-            case "election_ticks": electionTicks = try Self.integer(key, value, place, in: 2...10_000)
-            case "heartbeat_ticks": heartbeatTicks = try Self.integer(key, value, place, in: 1...10_000)
-            case "server_heartbeat_timeout": serverHeartbeatTimeout = try Self.duration(key, value, place)
-            case "snapshot_every": snapshotEvery = UInt64(try Self.integer(key, value, place, in: 10...100_000_000))
-            default: throw Invalid(description: "\(place): unknown key '\(key)' in [pd]")
+        if let value = document["pd"] {
+            guard let table = value.table else { throw Invalid(description: "\(file): [pd] must be a table") }
+            for key in table.keys.sorted() {
+                let value = table[key]!
+                let place = "\(file): [pd] \(key)"
+                switch key {
+                case "member_id": memberID = NodeID(try Self.integer(value, place, in: 1...Int(Int32.max)))
+                case "data_dir": dataDirectory = try Self.string(value, place)
+                case "members":
+                    guard let array = value.array, !array.isEmpty else {
+                        throw Invalid(description: "\(place) must be a non-empty array of \"id=host:port\" strings")
+                    }
+                    var parsed: [MemberAddress] = []
+                    for item in array { parsed.append(try Self.member(try Self.string(item, place), place)) }
+                    members = parsed
+                    sawMembers = true
+                case "tick": tick = try Self.duration(value, place)
+                case "election_ticks": electionTicks = try Self.integer(value, place, in: 2...10_000)
+                case "heartbeat_ticks": heartbeatTicks = try Self.integer(value, place, in: 1...10_000)
+                case "server_heartbeat_timeout": serverHeartbeatTimeout = try Self.duration(value, place)
+                case "snapshot_every": snapshotEvery = UInt64(try Self.integer(value, place, in: 10...100_000_000))
+                default: throw Invalid(description: "\(file): unknown key '\(key)' in [pd]")
+                }
             }
         }
         if !sawMembers { members = [MemberAddress(id: memberID, host: "127.0.0.1", port: 2380)] }
@@ -74,43 +80,20 @@ public struct PDConfiguration: Sendable, Hashable {
         }
     }
 
-    private static func stripComment(_ line: String) -> String {
-        var inString = false
-        for (offset, character) in line.enumerated() {
-            if character == "\"" { inString.toggle() }
-            if character == "#" && !inString { return String(line.prefix(offset)) }
-        }
-        return line
-    }
-
-    private static func integer(_ key: String, _ text: String, _ place: String, in range: ClosedRange<Int>)
+    private static func integer(_ value: TOMLValueConvertible, _ place: String, in range: ClosedRange<Int>)
         throws(Invalid) -> Int
     {
-        guard let value = Int(text.replacingOccurrences(of: "_", with: "")), range.contains(value) else {
-            throw Invalid(description: "\(place): \(key) must be an integer in \(range), not \(text)")
+        guard let number = value.int, range.contains(number) else {
+            throw Invalid(description: "\(place) must be an integer in \(range), not \(value.debugDescription)")
         }
-        return value
+        return number
     }
 
-    private static func string(_ key: String, _ text: String, _ place: String) throws(Invalid) -> String {
-        guard text.count >= 2, text.hasPrefix("\""), text.hasSuffix("\"") else {
-            throw Invalid(description: "\(place): \(key) must be a quoted string, not \(text)")
+    private static func string(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> String {
+        guard let text = value.string else {
+            throw Invalid(description: "\(place) must be a quoted string, not \(value.debugDescription)")
         }
-        return String(text.dropFirst().dropLast())
-    }
-
-    private static func strings(_ key: String, _ text: String, _ place: String) throws(Invalid) -> [String] {
-        guard text.hasPrefix("["), text.hasSuffix("]") else {
-            throw Invalid(description: "\(place): \(key) must be an array of quoted strings, not \(text)")
-        }
-        var items: [String] = []
-        for item in text.dropFirst().dropLast().split(separator: ",") {
-            let trimmed = item.trimmingCharacters(in: .whitespaces)
-            if trimmed.isEmpty { continue }
-            items.append(try string(key, trimmed, place))
-        }
-        guard !items.isEmpty else { throw Invalid(description: "\(place): \(key) must not be empty") }
-        return items
+        return text
     }
 
     private static func member(_ item: String, _ place: String) throws(Invalid) -> MemberAddress {
@@ -118,17 +101,17 @@ public struct PDConfiguration: Sendable, Hashable {
         let address = parts.count == 2 ? parts[1].split(separator: ":") : []
         guard parts.count == 2, let id = NodeID(parts[0]), id > 0, address.count == 2, let port = UInt16(address[1])
         else {
-            throw Invalid(description: "\(place): members holds '\(item)', not \"id=host:port\"")
+            throw Invalid(description: "\(place) holds '\(item)', not \"id=host:port\"")
         }
         return MemberAddress(id: id, host: String(address[0]), port: port)
     }
 
-    private static func duration(_ key: String, _ text: String, _ place: String) throws(Invalid) -> Duration {
-        let body = (try? string(key, text, place)) ?? ""
+    private static func duration(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> Duration {
+        let body = value.string ?? ""
         let units: [(String, Int64)] = [("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000)]
         for (suffix, nanoseconds) in units where body.hasSuffix(suffix) {
-            if let value = Int64(body.dropLast(suffix.count)), value > 0 { return .nanoseconds(value * nanoseconds) }
+            if let number = Int64(body.dropLast(suffix.count)), number > 0 { return .nanoseconds(number * nanoseconds) }
         }
-        throw Invalid(description: "\(place): \(key) must be a quoted positive duration such as \"50ms\", not \(text)")
+        throw Invalid(description: "\(place) must be a quoted positive duration such as \"50ms\", not \(value.debugDescription)")
     }
 }

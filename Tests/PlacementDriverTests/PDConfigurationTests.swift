@@ -29,9 +29,11 @@ import Testing
                 return error.description
             }
         }
-        #expect(message("[pd]\nmember_id = 0") == "bad.toml:2: member_id must be an integer in 1...2147483647, not 0")
-        #expect(message("[pd]\nmembers = [\"1=localhost\"]").contains("members holds '1=localhost', not \"id=host:port\""))
-        #expect(message("[pd]\ntick = \"fast\"").contains("tick must be a quoted positive duration"))
+        #expect(message("[pd]\nmember_id = 0") == "bad.toml: [pd] member_id must be an integer in 1...2147483647, not 0")
+        #expect(message("[pd]\nmembers = [\"1=localhost\"]").contains("[pd] members holds '1=localhost', not \"id=host:port\""))
+        #expect(message("[pd]\ntick = \"fast\"").contains("[pd] tick must be a quoted positive duration"))
+        #expect(message("[pd]\ndata_dir = 3").contains("[pd] data_dir must be a quoted string"))
+        #expect(message("[pd]\nmember_id = = 1").hasPrefix("bad.toml:2:"), "a syntax error names its line")
         #expect(message("[pd]\nelection_tick = 10").contains("unknown key 'election_tick' in [pd]"))
         #expect(message("[pd]\nmember_id = 4\nmembers = [\"1=127.0.0.1:1\"]").contains("member_id 4 is not among members"))
         #expect(message("[pd]\nheartbeat_ticks = 10\nelection_ticks = 10").contains("must be below election_ticks"))
