@@ -212,6 +212,35 @@ func elect(_ simulation: inout Simulation) -> NodeID? {
         #expect(simulation.violations.isEmpty)
     }
 
+    /// A dead member is replaced: removed (the two live members are a majority of three), then a new member added;
+    /// the group of the survivors and the newcomer commits, and the newcomer holds every entry.
+    @Test func aDeadMemberIsReplaced() {
+        var simulation = Simulation(members: [1, 2, 3], seed: 81)
+        guard let leader = elect(&simulation) else { Issue.record("no leader"); return }
+        let dead = simulation.members.first { $0 != leader }!
+        simulation.crash(dead)
+        guard let remove = try? simulation.nodes[leader]!.proposeMembershipChange(.remove(dead)) else {
+            Issue.record("remove refused")
+            return
+        }
+        simulation.processReadies()
+        simulation.run(until: 500) { ($0.appliedBy[leader] ?? 0) >= remove }
+        simulation.addEmptyMember(4)
+        guard let add = try? simulation.nodes[leader]!.proposeMembershipChange(.add(4)) else {
+            Issue.record("add refused")
+            return
+        }
+        simulation.processReadies()
+        simulation.run(until: 1000) { ($0.appliedBy[4] ?? 0) >= add }
+        let expected = Set(simulation.members).subtracting([dead]).union([4])
+        #expect(simulation.nodes[leader]!.voters == expected)
+        #expect(simulation.nodes[4]!.voters == expected)
+        guard let index = simulation.propose([7]) else { Issue.record("no proposal"); return }
+        simulation.run(until: 500) { sim in expected.allSatisfy { (sim.appliedBy[$0] ?? 0) >= index } }
+        #expect(expected.allSatisfy { (simulation.appliedBy[$0] ?? 0) >= index })
+        #expect(simulation.violations.isEmpty)
+    }
+
     /// A member that was down while the others compacted their logs catches up by installing a snapshot.
     @Test func aLaggingMemberCatchesUpFromASnapshot() {
         var simulation = Simulation(members: [1, 2, 3], seed: 71)
