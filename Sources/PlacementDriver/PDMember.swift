@@ -46,6 +46,8 @@ public final class PDMember {
     public var send: (Raft.Message) -> Void = { _ in }
 
     private var processing = false
+    /// Whether the last log line said this member leads.
+    private var leading = false
     private var again = false
     private var stopped = false
     private var proposals: [UInt64: (term: UInt64, continuation: UnsafeContinuation<Result<PDResult, PDError>, Never>)] = [:]
@@ -230,8 +232,9 @@ public final class PDMember {
                 }
                 node.advance(ready)
                 releaseReads()
-                if wasLeader != (node.role == .leader) {
-                    logger.info(node.role == .leader ? "became the leader" : "no longer the leader",
+                if leading != (node.role == .leader) {
+                    leading = node.role == .leader
+                    logger.info(leading ? "became the leader" : "no longer the leader",
                                 metadata: ["term": "\(node.term)", "leader": "\(node.leader)"])
                 }
                 if wasLeader && node.role != .leader {
