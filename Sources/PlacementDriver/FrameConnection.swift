@@ -8,21 +8,24 @@ final class FrameConnection {
     let connection: TCPConnection
     let context: ShardContext
     let maxQueuedBytes: Int
+    let limits: FrameLimits
     private var queue: [[UInt8]] = []
     private var queuedBytes = 0
     private var writing = false
     private(set) var closed = false
 
-    init(_ connection: TCPConnection, context: ShardContext, maxQueuedBytes: Int = 64 << 20) {
+    init(_ connection: TCPConnection, context: ShardContext, maxQueuedBytes: Int = 64 << 20,
+         limits: FrameLimits = .default) {
         self.connection = connection
         self.context = context
         self.maxQueuedBytes = maxQueuedBytes
+        self.limits = limits
     }
 
     /// Queues a frame; false when the connection is closed or its queue is full (the frame is dropped).
     @discardableResult
     func send(_ frame: Frame) -> Bool {
-        guard !closed, let bytes = try? frame.encoded() else { return false }
+        guard !closed, let bytes = try? frame.encoded(limits: limits) else { return false }
         guard queuedBytes + bytes.count <= maxQueuedBytes else { return false }
         queue.append(bytes)
         queuedBytes += bytes.count
@@ -59,7 +62,7 @@ final class FrameConnection {
 
     /// Reads frames until the peer closes, the connection fails or a frame is malformed; then closes.
     func readLoop(_ onFrame: (Frame) -> Void) async {
-        var decoder = FrameDecoder()
+        var decoder = FrameDecoder(limits: limits)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 8)
         defer { buffer.deallocate() }
         while !closed {

@@ -81,7 +81,8 @@ public final class PDClient {
                     if let leader = addresses.firstIndex(of: status.leaderAddress), leader != target {
                         await switchTo(leader)
                     } else {
-                        if status.code == .notLeader && status.leaderAddress.isEmpty { await switchTo((target + 1) % addresses.count) }
+                        // A member that names no leader may be cut off from the majority: try the next one.
+                        if status.leaderAddress.isEmpty { await switchTo((target + 1) % addresses.count) }
                         // An election is short: look again soon.
                         try? await context.sleep(for: min(backoff, .milliseconds(50)))
                         backoff = min(backoff * 2, .milliseconds(500))

@@ -139,6 +139,8 @@ public final class PDMember {
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<PDResult, PDError>, Never>) in
             do throws(RaftError) {
                 let index = try node.propose(command.encoded())
+                // A slot left by an earlier term's proposal at the same index: that one was lost.
+                proposals[index]?.continuation.resume(returning: .failure(PDError(.notLeader, "the proposal was overwritten by a new leader")))
                 proposals[index] = (node.term, continuation)
                 kick()
             } catch {
@@ -180,8 +182,21 @@ public final class PDMember {
 
     // MARK: - Processing
 
+    /// Notices a lost leadership wherever it happened (a tick's quorum check, a message with a higher term, the
+    /// processing loop): every proposal and read waiting on this member fails with NOT_LEADER.
+    private func checkLeadership() {
+        guard leading != (node.role == .leader) else { return }
+        leading = node.role == .leader
+        logger.info(leading ? "became the leader" : "no longer the leader",
+                    metadata: ["term": "\(node.term)", "leader": "\(node.leader)"])
+        if !leading {
+            failWaiters(PDError(.notLeader, "leadership changed before the operation committed; it may or may not have been applied"))
+        }
+    }
+
     /// Starts the processing task, or asks the running one to go round again.
     private func kick() {
+        checkLeadership()
         if processing {
             again = true
             return
@@ -197,7 +212,6 @@ public final class PDMember {
         repeat {
             again = false
             while node.hasReady && !stopped {
-                let wasLeader = node.role == .leader
                 let ready = node.ready()
                 // A leader's appends may go out before its own copy is on disk (it counts itself only once it is):
                 // the followers' writes then overlap the leader's. Votes and responses wait for the disk.
@@ -232,14 +246,7 @@ public final class PDMember {
                 }
                 node.advance(ready)
                 releaseReads()
-                if leading != (node.role == .leader) {
-                    leading = node.role == .leader
-                    logger.info(leading ? "became the leader" : "no longer the leader",
-                                metadata: ["term": "\(node.term)", "leader": "\(node.leader)"])
-                }
-                if wasLeader && node.role != .leader {
-                    failWaiters(PDError(.notLeader, "leadership changed before the operation committed; it may or may not have been applied"))
-                }
+                checkLeadership()
                 await snapshotIfDue()
             }
         } while again && !stopped

@@ -86,7 +86,7 @@ public final class PDServer {
                 try? await context.sleep(for: .milliseconds(10))
                 continue
             }
-            let framed = FrameConnection(connection, context: context)
+            let framed = FrameConnection(connection, context: context, limits: PeerLink.limits)
             connections[ObjectIdentifier(framed)] = framed
             let bound = ShardBound((self, framed))
             context.spawn { await bound.value.0.serve(bound.value.1) }
@@ -292,6 +292,8 @@ final class PeerLink {
     private var connecting = false
     private var stopped = false
     static let maxPending = 4096
+    /// Peer connections carry snapshots: frames up to 1 GiB.
+    static let limits = FrameLimits(maxFrameBytes: 1 << 30, maxHeaderBytes: 1 << 20)
 
     init(address: MemberAddress, context: ShardContext) {
         self.address = address
@@ -301,7 +303,9 @@ final class PeerLink {
     func send(_ message: Raft.Message) {
         guard !stopped else { return }
         if let connection, !connection.closed {
-            if connection.send(Self.frame(message)) { return }
+            // Queue full (or the frame too large): drop it; Raft sends again.
+            _ = connection.send(Self.frame(message))
+            return
         }
         pending.append(message)
         if pending.count > Self.maxPending { pending.removeFirst(pending.count - Self.maxPending) }
@@ -325,7 +329,7 @@ final class PeerLink {
         while !stopped {
             do {
                 let tcp = try await context.connect(host: address.host, port: address.port)
-                let framed = FrameConnection(tcp, context: context, maxQueuedBytes: 16 << 20)
+                let framed = FrameConnection(tcp, context: context, maxQueuedBytes: 1 << 30, limits: Self.limits)
                 connection = framed
                 let queued = pending
                 pending = []

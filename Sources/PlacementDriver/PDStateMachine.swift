@@ -128,7 +128,10 @@ public struct PDStateMachine: Sendable {
         event.revision = revision
         set(&event)
         events.append(event)
-        if events.count > settings.watchHistory { events.removeFirst(events.count - settings.watchHistory) }
+        if events.count > settings.watchHistory {
+            events.removeFirst(events.count - settings.watchHistory)
+            historyStart = max(historyStart, events.first!.revision - 1)
+        }
     }
 
     // MARK: Streams
@@ -200,8 +203,10 @@ public struct PDStateMachine: Sendable {
         }
         stream.startOffset = start
         streams[id] = stream
-        // Sealed ranges wholly below the new start are gone.
-        ranges[id]?.removeAll { $0.sealed && $0.endOffset <= start }
+        // Sealed ranges wholly below the new start are gone, except the last one: the next range's index and start
+        // follow from it (range indexes are never reused).
+        let last = ranges[id]?.last?.index
+        ranges[id]?.removeAll { $0.sealed && $0.endOffset <= start && $0.index != last }
         record(.watchModified) { $0.stream = stream }
         return .stream(stream)
     }
@@ -379,12 +384,15 @@ public struct PDStateMachine: Sendable {
 
     /// Changes after `revision`, oldest first; REVISION_COMPACTED when they are no longer all kept.
     public func events(after revision: UInt64) throws(PDError) -> [WatchEvent] {
-        if let oldest = events.first, revision + 1 < oldest.revision, revision < self.revision,
-           events.count >= settings.watchHistory {
-            throw PDError(.revisionCompacted, "events before revision \(oldest.revision) are no longer kept")
+        if revision < historyStart {
+            throw PDError(.revisionCompacted, "events up to revision \(historyStart) are no longer kept")
         }
         return events.filter { $0.revision > revision }
     }
+
+    /// Events after this revision are all kept (0 for a state built from the first entry; a restored snapshot's
+    /// revision otherwise, since snapshots do not carry the history).
+    private var historyStart: UInt64 = 0
 
     // MARK: - Snapshots
 
@@ -444,6 +452,7 @@ public struct PDStateMachine: Sendable {
         }
         guard try get() == 2 else { throw PDError(.dataCorrupted, "unknown snapshot version") }
         revision = try get()
+        historyStart = revision
         for kind in [Elasticstream_V1_IdKind.stream, .rangeServer, .object] { nextID[kind] = try get() }
         for _ in 0..<(try get()) {
             let stream = try message(StreamRecord.self)

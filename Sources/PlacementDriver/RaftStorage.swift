@@ -48,15 +48,19 @@ public final class RaftStorage {
             throw IOError(.open, .system(errno: EACCES), target: directory)
         }
         let path = path(directory)
-        let exists = FileManager.default.fileExists(atPath: path)
-        let file = try await context.open(path, options: FileOpenOptions(create: true, direct: false))
-        if !exists {
+        if !FileManager.default.fileExists(atPath: path) {
+            // The first image goes to a temporary file renamed into place: the log file only ever appears complete.
+            let temporary = path + ".new"
+            let fresh = try await context.open(temporary, options: FileOpenOptions(create: true, truncate: true,
+                                                                                      direct: false))
             let storage = RaftStorage(directory: directory, context: context, compactionBytes: compactionBytes,
-                                      file: file, tail: 0, state: initial)
-            try await storage.writeImage(into: file)
+                                      file: fresh, tail: 0, state: initial)
+            try await storage.writeImage(into: fresh)
+            try await context.rename(temporary, to: path)
             try await context.syncDirectory(directory)
             return storage
         }
+        let file = try await context.open(path, options: FileOpenOptions(create: false, direct: false))
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 8)
         defer { buffer.deallocate() }
@@ -151,19 +155,20 @@ public final class RaftStorage {
         if !ready.entries.isEmpty { encodeEntries(ready.entries, into: &out) }
         if let hard = ready.hardState { encodeHardState(hard, into: &out) }
         guard !out.records.isEmpty else { return }
-        // Only a new term, a vote, entries or a snapshot must be on disk before anything goes out. A commit index
-        // alone is not written at all: it rides along with the next record, and after a restart it is learned
-        // again (from the leader, or by a new leader's first commit).
+        // A new term, a vote, entries or a snapshot must be on disk before anything goes out. So must a commit index
+        // that covers a membership change about to be applied: after a restart the member rebuilds its voters by
+        // applying the log up to its stored commit, and must not come back a change behind. Any other commit-only
+        // record is written without waiting for the disk; the next sync makes it durable.
         let mustSync = ready.snapshot != nil || !ready.entries.isEmpty
             || ready.hardState.map { $0.term != state.hardState.term || $0.vote != state.hardState.vote } ?? false
-        guard mustSync else { return }
+            || ready.committed.contains { $0.kind == .configuration }
         if let snapshot = ready.snapshot { Self.applySnapshot(snapshot, to: &state) }
         if let first = ready.entries.first {
             state.entries.removeAll { $0.index >= first.index }
             state.entries += ready.entries
         }
         if let hard = ready.hardState { state.hardState = hard }
-        try await append(out)
+        try await append(out, sync: mustSync)
     }
 
     /// Records a snapshot the state machine took (the log before it can go).

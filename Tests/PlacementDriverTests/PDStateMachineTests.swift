@@ -242,6 +242,37 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(pd.machine.sessionCount == 1)
     }
 
+    /// Trimming past every sealed range keeps the last one: the next range still follows it (indexes are never
+    /// reused, so a range server never sees an old range key again).
+    @Test func trimmingEverythingKeepsRangeIndexesGoingUp() throws {
+        var pd = Applier()
+        for _ in 0..<3 { _ = try pd.register() }
+        let stream = try pd.createStream()
+        _ = try pd.open(stream.streamID)
+        _ = try pd.createRange(stream.streamID, index: 0, start: 0, epoch: 1)
+        _ = try pd.seal(stream.streamID, index: 0, end: 50, epoch: 1)
+        var trim = Elasticstream_V1_TrimStreamRequest()
+        trim.streamID = stream.streamID
+        trim.epoch = 1
+        trim.startOffset = 50
+        #expect(code(try pd.run(.trimStream, trim)) == .ok)
+        #expect(code(try pd.createRange(stream.streamID, index: 0, start: 50, epoch: 1)) == .invalidArgument)
+        #expect(code(try pd.createRange(stream.streamID, index: 1, start: 50, epoch: 1)) == .ok)
+    }
+
+    /// A state restored from a snapshot has no history before it: a watcher asking for older changes is told
+    /// REVISION_COMPACTED instead of getting a silently partial answer.
+    @Test func watchHistoryBeforeASnapshotIsReportedCompacted() throws {
+        var pd = Applier()
+        _ = try pd.createStream()
+        _ = try pd.createStream()
+        let restored = try PDStateMachine(settings: .init(heartbeatTimeoutMilliseconds: 5_000),
+                                          restoring: try pd.machine.snapshot())
+        #expect(throws: PDError.self) { _ = try restored.events(after: 0) }
+        #expect(try restored.events(after: restored.revision).isEmpty)
+        #expect(try pd.machine.events(after: 0).count == 2)
+    }
+
     @Test func commandsRoundTripThroughTheirEncoding() throws {
         var request = Elasticstream_V1_OpenStreamRequest()
         request.streamID = 9
