@@ -244,6 +244,12 @@ public struct RaftNode: Sendable {
         case .remove(let member):
             voters.remove(member)
             progress[member] = nil
+            readAcks[member] = nil
+            if role == .leader && voters == [id] {
+                // Alone now: reads waiting for a quorum of heartbeat answers are confirmed by this member alone.
+                for read in pendingReads { readStates.append(ReadState(context: read.context, index: read.index)) }
+                pendingReads = []
+            }
             if member == id && role == .leader {
                 becomeFollower(term: term, leader: 0)
             } else if role == .leader, maybeCommit() {
@@ -453,9 +459,9 @@ public struct RaftNode: Sendable {
         if snapshot.index <= log.committed {
             response.index = log.committed
         } else if log.matchTerm(snapshot.index, snapshot.term) {
-            // This log already has it: just commit.
+            // This log already has it: just commit, and report only what is known to match.
             log.commit(to: snapshot.index)
-            response.index = log.lastIndex
+            response.index = log.committed
         } else {
             log.restore(snapshot)
             voters = snapshot.voters
