@@ -158,10 +158,12 @@ public final class RaftStorage {
         // A new term, a vote, entries or a snapshot must be on disk before anything goes out. So must a commit index
         // that covers a membership change about to be applied: after a restart the member rebuilds its voters by
         // applying the log up to its stored commit, and must not come back a change behind. Any other commit-only
-        // record is written without waiting for the disk; the next sync makes it durable.
+        // Ready writes nothing (a write there would sit between a commit and its apply): the commit index on disk
+        // may lag, and is learned again after a restart.
         let mustSync = ready.snapshot != nil || !ready.entries.isEmpty
             || ready.hardState.map { $0.term != state.hardState.term || $0.vote != state.hardState.vote } ?? false
             || ready.committed.contains { $0.kind == .configuration }
+        guard mustSync else { return }
         if let snapshot = ready.snapshot { Self.applySnapshot(snapshot, to: &state) }
         if let first = ready.entries.first {
             state.entries.removeAll { $0.index >= first.index }
