@@ -7,7 +7,7 @@ import Wire
 
 /// `es-perf codec`: the record batch format and the frame layer, beside the least work their job needs done in C
 /// (copying and hashing the same bytes), all in one run.
-struct CodecSuite {
+struct CodecSuite: FigureSuite {
     let options: PerfOptions
 
     func run() throws {
@@ -21,11 +21,7 @@ struct CodecSuite {
         try allocations()
     }
 
-    private func emit(_ name: String, _ value: Double, _ unit: String, _ better: Figure.Better, _ baseline: String,
-                      _ baselineValue: Double) {
-        Figure(suite: "codec", name: name, value: value, unit: unit, better: better, baseline: baseline,
-               baselineValue: baselineValue).print()
-    }
+    let suiteName = "codec"
 
     /// Values and headers for one batch: `recordCount` records of `valueBytes` bytes, two headers each.
     private struct Sample {

@@ -9,14 +9,10 @@ import Wire
 /// loopback, beside etcd (three members on loopback, puts of the same size through its v3 HTTP/JSON gateway over
 /// kept-alive connections, one request in flight per connection, as many connections as our client has requests in
 /// flight) in the same run; and the leader failover time of both.
-struct PDSuite {
+struct PDSuite: FigureSuite {
     let options: PerfOptions
 
-    private func emit(_ name: String, _ value: Double, _ unit: String, _ better: Figure.Better, _ baseline: String,
-                      _ baselineValue: Double) {
-        Figure(suite: "pd", name: name, value: value, unit: unit, better: better, baseline: baseline,
-               baselineValue: baselineValue).print()
-    }
+    let suiteName = "pd"
 
     func run() async throws {
         let server = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

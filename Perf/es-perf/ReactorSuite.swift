@@ -5,7 +5,7 @@ import Platform
 import Reactor
 
 /// `es-perf reactor`: the cost of the reactor's primitives beside what the hardware and liburing give alone.
-struct ReactorSuite {
+struct ReactorSuite: FigureSuite {
     let options: PerfOptions
 
     func run() async throws {
@@ -44,11 +44,7 @@ struct ReactorSuite {
         return cpus.prefix(Int(max(0, n))).map(Int.init)
     }
 
-    private func emit(_ name: String, _ value: Double, _ unit: String, _ better: Figure.Better, _ baseline: String,
-                      _ baselineValue: Double) {
-        Figure(suite: "reactor", name: name, value: value, unit: unit, better: better, baseline: baseline,
-               baselineValue: baselineValue).print()
-    }
+    let suiteName = "reactor"
 
     // MARK: NOPs
 

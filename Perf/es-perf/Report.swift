@@ -10,6 +10,19 @@ struct PerfOptions: Sendable {
     var only: String?
 }
 
+/// A suite that prints figures under its name.
+protocol FigureSuite {
+    var suiteName: String { get }
+}
+
+extension FigureSuite {
+    func emit(_ name: String, _ value: Double, _ unit: String, _ better: Figure.Better, _ baseline: String,
+              _ baselineValue: Double) {
+        Figure(suite: suiteName, name: name, value: value, unit: unit, better: better, baseline: baseline,
+               baselineValue: baselineValue).print()
+    }
+}
+
 /// One measured figure beside its same-run baseline, printed as one JSON object per line:
 /// `{"suite","name","value","unit","better","baseline","baseline_value","ratio"}` with ratio = value / baseline_value.
 struct Figure {

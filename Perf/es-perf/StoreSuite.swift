@@ -6,14 +6,10 @@ import Records
 import Store
 
 /// `es-perf store`: the shard-local store's appends, reads and recovery, beside fio on the same disk in the same run.
-struct StoreSuite {
+struct StoreSuite: FigureSuite {
     let options: PerfOptions
 
-    private func emit(_ name: String, _ value: Double, _ unit: String, _ better: Figure.Better, _ baseline: String,
-                      _ baselineValue: Double) {
-        Figure(suite: "store", name: name, value: value, unit: unit, better: better, baseline: baseline,
-               baselineValue: baselineValue).print()
-    }
+    let suiteName = "store"
 
     func run() async throws {
         guard Fio.available() else { throw PerfError("fio is not installed (apt-get install fio)") }

@@ -217,9 +217,9 @@ public struct RaftNode: Sendable {
             if entry.kind == .configuration, let change = MembershipChange(entry.data) { apply(change) }
         }
         if role == .leader {
-            // The leader counts its own copy only once it is on disk.
+            // The leader counts its own copy only once it is on disk (`log.stable`).
             if var own = progress[id] {
-                if own.maybeUpdate(log.stableIndexForSelf) {
+                if own.maybeUpdate(log.stable) {
                     progress[id] = own
                     if maybeCommit() { broadcastAppend() }
                 }
@@ -539,7 +539,7 @@ public struct RaftNode: Sendable {
         role = .leader
         leader = id
         for member in voters { progress[member] = Progress(next: log.lastIndex + 1) }
-        progress[id]!.match = log.stableIndexForSelf
+        progress[id]!.match = log.stable
         // Any membership change in the log but not applied counts as pending.
         pendingMembershipIndex = log.lastIndex
         // An entry of this term: committing it commits everything before it, and confirms the commit index for
@@ -614,11 +614,6 @@ public struct RaftNode: Sendable {
         log.commit(to: candidate)
         return true
     }
-}
-
-extension RaftLog {
-    /// What the leader may count as its own replica: the entries on its disk.
-    var stableIndexForSelf: UInt64 { stable }
 }
 
 /// A small, fast, seedable generator for election timeouts (deterministic runs).

@@ -59,7 +59,7 @@ struct Checkpoint {
             put(range.confirmedEnd)
             put(range.sealedEnd ?? 0)
             put(UInt64(range.batches.count))
-            var lastSegment = -1
+            range.collectSegments(segmentSize: UInt64(segmentSize), into: &live)
             for batch in range.batches {
                 put(batch.baseOffset)
                 put(batch.endOffset)
@@ -67,11 +67,6 @@ struct Checkpoint {
                 put(UInt32(batch.length))
                 put(UInt32(0))
                 put(batch.maxTimestamp)
-                let segment = Int(batch.payloadPosition / UInt64(segmentSize))
-                if segment != lastSegment {
-                    live.insert(segment)
-                    lastSegment = segment
-                }
             }
         }
         let length = offset

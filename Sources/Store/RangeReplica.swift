@@ -82,6 +82,15 @@ final class RangeReplica {
         start = max(start, batches.first?.baseOffset ?? min(offset, confirmedEnd))
     }
 
+    /// Adds the WAL segments this replica's batches lie in to `live`.
+    func collectSegments(segmentSize: UInt64, into live: inout Set<Int>) {
+        var last = -1
+        for batch in batches where Int(batch.payloadPosition / segmentSize) != last {
+            last = Int(batch.payloadPosition / segmentSize)
+            live.insert(last)
+        }
+    }
+
     /// Index of the first batch whose end is past `offset`.
     func firstBatch(containingOrAfter offset: UInt64) -> Int {
         var low = 0

@@ -180,13 +180,7 @@ public final class ShardStore {
     private func reclaim(below position: UInt64) async {
         var live = Set<Int>()
         let segmentSize = UInt64(configuration.wal.segmentSizeBytes)
-        for range in ranges.values {
-            var last = -1
-            for batch in range.batches where Int(batch.payloadPosition / segmentSize) != last {
-                last = Int(batch.payloadPosition / segmentSize)
-                live.insert(last)
-            }
-        }
+        for range in ranges.values { range.collectSegments(segmentSize: segmentSize, into: &live) }
         await wal.reclaim(below: Int(position / segmentSize), live: live)
     }
 

@@ -53,32 +53,29 @@ func randomizedRun(members: Int, seed: UInt64, steps: Int) -> (violations: [Stri
     return (simulation.violations, progressed, simulation.appliedEverywhere.count, simulation.describe())
 }
 
+/// Runs `count` seeds from `offset` on a group of `members`, stopping at the first that is unsafe or stuck.
+func checkRandomizedRuns(members: Int, count: Int, offset: UInt64) {
+    var commits = 0
+    for seed in seeds(default: count, offset: offset) {
+        let result = randomizedRun(members: members, seed: seed, steps: 600)
+        #expect(result.violations.isEmpty, "seed \(seed): \(result.violations.prefix(3))")
+        #expect(result.progressed, "seed \(seed): no progress after healing: \(result.state)")
+        commits += result.commits
+        if !result.violations.isEmpty || !result.progressed { break }
+    }
+    #expect(commits > 0)
+}
+
 @Suite struct RaftSafetyTests {
     /// Election safety, log matching, leader completeness and state machine safety on randomized runs of a
     /// 3-member group: messages dropped, duplicated, delayed and reordered; members partitioned, crashed (losing
     /// what was not persisted) and restarted; logs compacted into snapshots. Every run then heals and must make
     /// progress. A failing seed reruns alone with RAFT_SEED=N.
     @Test func threeMembersStaySafeUnderRandomFaults() {
-        var commits = 0
-        for seed in seeds(default: 1500, offset: 1_000) {
-            let result = randomizedRun(members: 3, seed: seed, steps: 600)
-            #expect(result.violations.isEmpty, "seed \(seed): \(result.violations.prefix(3))")
-            #expect(result.progressed, "seed \(seed): no progress after healing: \(result.state)")
-            commits += result.commits
-            if !result.violations.isEmpty || !result.progressed { break }
-        }
-        #expect(commits > 0)
+        checkRandomizedRuns(members: 3, count: 1500, offset: 1_000)
     }
 
     @Test func fiveMembersStaySafeUnderRandomFaults() {
-        var commits = 0
-        for seed in seeds(default: 600, offset: 500_000) {
-            let result = randomizedRun(members: 5, seed: seed, steps: 600)
-            #expect(result.violations.isEmpty, "seed \(seed): \(result.violations.prefix(3))")
-            #expect(result.progressed, "seed \(seed): no progress after healing: \(result.state)")
-            commits += result.commits
-            if !result.violations.isEmpty || !result.progressed { break }
-        }
-        #expect(commits > 0)
+        checkRandomizedRuns(members: 5, count: 600, offset: 500_000)
     }
 }

@@ -433,9 +433,6 @@ public final class WriteAheadLog {
         }
     }
 
-    /// Segment indices currently held as spares.
-    public var spareSegments: [Int] { spare }
-
     /// Reads `length` bytes at WAL position `position` (an entry's payload) back from disk.
     public func read(at position: UInt64, length: Int) async throws(StoreError) -> [UInt8] {
         let block = UInt64(WALEntryLayout.blockSize)
