@@ -21,6 +21,10 @@ let package = Package(
         .library(name: "Store", targets: ["Store"]),
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
+        .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "RangeServer", targets: ["RangeServer"]),
+        .library(name: "Client", targets: ["Client"]),
+        .executable(name: "esctl", targets: ["esctl"]),
         .executable(name: "es-perf", targets: ["es-perf"]),
         .executable(name: "elastic-stream", targets: ["elastic-stream"]),
     ],
@@ -29,6 +33,7 @@ let package = Package(
         // Exact: the generated code in Sources/Wire/Generated comes from this version's protoc-gen-swift.
         .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", exact: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
         // The thin C shim over liburing, libnuma, libhugetlbfs and libxxhash. liburing.h is included only from the
@@ -72,16 +77,38 @@ let package = Package(
                 swiftSettings: swiftSettings),
         // The Raft core: pure (no I/O, no clock), driven by ticks, messages and proposals.
         .target(name: "Raft", swiftSettings: swiftSettings),
+        // Frames over the reactor's TCP: a connection with a bounded send queue, and a multiplexed request client.
+        .target(name: "Transport",
+                dependencies: ["Reactor", "Platform", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                swiftSettings: swiftSettings),
         // The placement driver's replicated state machine (streams, ranges, servers, objects, ids) on Raft.
         .target(name: "PlacementDriver",
-                dependencies: ["Raft", "Wire", "Reactor", "Platform", "CSupport",
+                dependencies: ["Raft", "Wire", "Transport", "Reactor", "Platform", "CSupport",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: swiftSettings),
-        // The server process: reactor, embedded placement driver member (range server services follow).
+        // The range server: range replicas on the shard that owns each, served over the wire protocol.
+        .target(name: "RangeServer",
+                dependencies: ["Store", "Records", "Wire", "Transport", "PlacementDriver", "Reactor", "Platform", "CSupport",
+                               .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "TOMLKit", package: "TOMLKit")],
+                swiftSettings: swiftSettings),
+        // The client SDK: streams, chasing write, failover, reads that span ranges.
+        .target(name: "Client",
+                dependencies: ["Records", "Wire", "Transport", "PlacementDriver", "Reactor", "Platform",
+                               .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                swiftSettings: swiftSettings),
+        // The server process: reactor, embedded placement driver member, range server.
         .executableTarget(name: "elastic-stream",
-                          dependencies: ["PlacementDriver", "Raft", "Reactor", .product(name: "Logging", package: "swift-log")],
+                          dependencies: ["PlacementDriver", "RangeServer", "Raft", "Reactor",
+                                         .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: swiftSettings),
+        // The command-line tool.
+        .executableTarget(name: "esctl",
+                          dependencies: ["Client", "PlacementDriver", "Records", "Wire", "Reactor",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",
@@ -91,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "es-perf",
             dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire", "Store",
-                           "PlacementDriver"],
+                           "PlacementDriver", "Client"],
             path: "Perf/es-perf",
             swiftSettings: swiftSettings
         ),
@@ -116,6 +143,10 @@ let package = Package(
                     swiftSettings: swiftSettings),
         .testTarget(name: "RaftTests", dependencies: ["Raft", "TestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "PlacementDriverTests", dependencies: ["PlacementDriver", "Wire", "Raft", "Reactor", "Platform"],
+                    swiftSettings: swiftSettings),
+        .testTarget(name: "ClusterTests",
+                    dependencies: ["Client", "RangeServer", "PlacementDriver", "Store", "Records", "Wire", "Transport",
+                                   "Reactor", "Platform"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "WireTests", dependencies: ["Wire", "Records", "CSupport", "TestSupport"], swiftSettings: swiftSettings),
     ]

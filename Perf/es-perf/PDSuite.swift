@@ -123,6 +123,11 @@ final class ServerGroup: @unchecked Sendable {
                 tick = "50ms"
                 election_ticks = 10
                 heartbeat_ticks = 1
+
+                [server]
+                port = \(ports[member - 1] + 3)
+                data_dir = "\(directory)/server-\(member)"
+                segment_bytes = 4194304
                 """.write(toFile: path, atomically: true, encoding: .utf8)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)

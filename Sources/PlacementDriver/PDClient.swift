@@ -2,6 +2,7 @@ import Foundation
 import Platform
 import Reactor
 import SwiftProtobuf
+import Transport
 import Wire
 
 /// A client of the placement driver, on one shard: finds the leader from a list of member addresses (following

@@ -26,6 +26,7 @@ public struct PDConfiguration: Sendable, Hashable {
 
     public struct Invalid: Error, CustomStringConvertible, Sendable {
         public let description: String
+        public init(description: String) { self.description = description }
     }
 
     public init(configurationText text: String, file: String = "<text>") throws(Invalid) {
@@ -80,7 +81,8 @@ public struct PDConfiguration: Sendable, Hashable {
         }
     }
 
-    private static func integer(_ value: TOMLValueConvertible, _ place: String, in range: ClosedRange<Int>)
+    /// Shared with the other tables of a configuration file.
+    public static func integer(_ value: TOMLValueConvertible, _ place: String, in range: ClosedRange<Int>)
         throws(Invalid) -> Int
     {
         guard let number = value.int, range.contains(number) else {
@@ -89,7 +91,7 @@ public struct PDConfiguration: Sendable, Hashable {
         return number
     }
 
-    private static func string(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> String {
+    public static func string(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> String {
         guard let text = value.string else {
             throw Invalid(description: "\(place) must be a quoted string, not \(value.debugDescription)")
         }
@@ -106,7 +108,7 @@ public struct PDConfiguration: Sendable, Hashable {
         return MemberAddress(id: id, host: String(address[0]), port: port)
     }
 
-    private static func duration(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> Duration {
+    public static func duration(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> Duration {
         let body = value.string ?? ""
         let units: [(String, Int64)] = [("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000)]
         for (suffix, nanoseconds) in units where body.hasSuffix(suffix) {

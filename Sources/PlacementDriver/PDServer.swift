@@ -4,6 +4,7 @@ import Platform
 import Raft
 import Reactor
 import SwiftProtobuf
+import Transport
 import Wire
 
 /// An address of a member: where it listens for peers and clients.
@@ -171,6 +172,13 @@ public final class PDServer {
                 }
                 var response = Elasticstream_V1_ListRangesResponse()
                 response.ranges = ranges
+                return try Frame(responseTo: frame, header: response)
+            case .listStreams:
+                let request = try frame.header(as: Elasticstream_V1_ListStreamsRequest.self)
+                let limit = request.limit == 0 ? 1000 : Int(min(request.limit, 10_000))
+                let streams = try await member.read { $0.listStreams(after: request.afterStreamID, limit: limit) }
+                var response = Elasticstream_V1_ListStreamsResponse()
+                response.streams = streams
                 return try Frame(responseTo: frame, header: response)
             case .listRangeServers:
                 let time = now()

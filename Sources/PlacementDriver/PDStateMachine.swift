@@ -103,7 +103,7 @@ public struct PDStateMachine: Sendable {
             return try deleteStream(request.streamID, epoch: request.epoch)
         case .pdCreateRange:
             let request = try Elasticstream_V1_CreateRangeRequest(serializedBytes: bytes)
-            return try createRange(request.range, epoch: request.epoch, now: now)
+            return try createRange(request.range, epoch: request.epoch, avoiding: Set(request.avoidServerIds), now: now)
         case .pdSealRange:
             let request = try Elasticstream_V1_SealRangeRequest(serializedBytes: bytes)
             return try sealRange(request.range, epoch: request.epoch)
@@ -221,7 +221,9 @@ public struct PDStateMachine: Sendable {
 
     // MARK: Ranges
 
-    private mutating func createRange(_ requested: RangeRecord, epoch: UInt64, now: Int64) throws -> PDResult {
+    private mutating func createRange(_ requested: RangeRecord, epoch: UInt64, avoiding failed: Set<UInt64>, now: Int64)
+        throws -> PDResult
+    {
         let stream = try fencedStream(requested.streamID, epoch: epoch)
         let existing = ranges[stream.streamID] ?? []
         let previous = existing.last
@@ -247,15 +249,14 @@ public struct PDStateMachine: Sendable {
         range.epoch = stream.epoch
         range.replicaCount = stream.replicaCount
         range.ackCount = stream.ackCount
-        range.servers = try place(count: Int(stream.replicaCount), avoiding: Set(previous?.servers.map(\.serverID) ?? []),
-                                  now: now)
+        range.servers = try place(count: Int(stream.replicaCount), avoiding: failed, now: now)
         ranges[stream.streamID, default: []].append(range)
         record(.watchAdded) { $0.range = range }
         return .range(range)
     }
 
-    /// `count` healthy servers (online, heartbeat within the timeout), each at most once: servers of the range being
-    /// replaced last, then the least loaded, then by id (every member must choose the same).
+    /// `count` healthy servers (online, heartbeat within the timeout), each at most once: servers the writer saw fail
+    /// last, then the least loaded, then by id (every member must choose the same).
     func place(count: Int, avoiding: Set<UInt64>, now: Int64) throws -> [ServerRecord] {
         let healthy = servers.values.filter { isHealthy($0, now: now) }
         guard healthy.count >= count else {
@@ -358,6 +359,11 @@ public struct PDStateMachine: Sendable {
     public func describeStream(_ id: UInt64) throws(PDError) -> StreamRecord {
         guard let stream = streams[id] else { throw PDError(.streamNotFound, "no stream \(id)") }
         return stream
+    }
+
+    /// Streams in id order after `after`, at most `limit`.
+    public func listStreams(after: UInt64, limit: Int) -> [StreamRecord] {
+        Array(streams.values.filter { $0.streamID > after }.sorted { $0.streamID < $1.streamID }.prefix(limit))
     }
 
     public func listRanges(stream id: UInt64) throws(PDError) -> [RangeRecord] {

@@ -337,3 +337,16 @@ public struct RecordBatchSequence: Sequence {
 
     public func makeIterator() -> Iterator { Iterator(buffer: buffer, limits: limits) }
 }
+
+extension RecordBatchView {
+    /// Rewrites the range index of a whole, valid batch in `bytes` (the writer replays in-flight batches into the next
+    /// range) and its checksum; every other byte stays as it was.
+    public static func setRangeIndex(_ index: UInt32, in bytes: inout [UInt8]) {
+        precondition(bytes.count >= BatchLayout.size, "not a record batch")
+        bytes.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: index.littleEndian, toByteOffset: BatchLayout.rangeIndex, as: UInt32.self)
+            let checksum = cs_xxh3_64(raw.baseAddress! + 8, raw.count - 8, 0)
+            raw.storeBytes(of: checksum.littleEndian, toByteOffset: BatchLayout.checksum, as: UInt64.self)
+        }
+    }
+}

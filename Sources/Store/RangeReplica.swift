@@ -26,6 +26,8 @@ final class RangeReplica {
 
     /// A replica being sealed takes no more appends, even before the seal is durable.
     var sealing = false
+    /// Fenced by a new writer: no more appends until it seals the range (in memory only).
+    var fenced = false
 
     init(key: RangeKey, start: UInt64) {
         self.key = key

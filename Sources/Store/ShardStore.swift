@@ -25,7 +25,10 @@ final class StoreIndex: WALSink {
             }
             let view = RecordBatchView(alreadyValidated: entry.payload)
             let key = RangeKey(streamID: view.streamID, index: view.rangeIndex)
-            guard let range = ranges[key], range.sealedEnd == nil, range.confirmedEnd == view.baseOffset else { return }
+            // A sealed range takes only repairs: batches below its sealed end that it missed.
+            guard let range = ranges[key], range.confirmedEnd == view.baseOffset,
+                  view.endOffset <= range.sealedEnd ?? .max
+            else { return }
             range.add(BatchLocation(baseOffset: view.baseOffset, endOffset: view.endOffset,
                                     payloadPosition: entry.position + UInt64(WALEntryLayout.headerSize),
                                     length: entry.payload.count, maxTimestamp: view.maxTimestamp))
@@ -227,6 +230,7 @@ public final class ShardStore {
         guard let range = ranges[key] else { return .rangeNotFound }
         if let end = range.sealedEnd { return .sealed(end: end) }
         if range.sealing { return .sealed(end: range.pendingEnd) }
+        if range.fenced { return .sealed(end: range.confirmedEnd) }
         let base = batch.baseOffset
         if batch.endOffset <= range.confirmedEnd || base < range.confirmedEnd {
             return .alreadyCommitted(confirmedEnd: range.confirmedEnd)
@@ -268,6 +272,44 @@ public final class ShardStore {
         try await log(.sealRange, RangeRecord(key: key, offset: final))
         return final
     }
+
+    /// Fences the range: it takes no more appends (they are answered as sealed), and once the appends in flight have
+    /// settled, returns its confirmed end. A new writer fences every replica, then seals them all at the end a quorum
+    /// confirms. The fence is kept in memory only (a restart forgets it; the writer's seal is what persists).
+    public func fence(_ key: RangeKey) async throws(StoreError) -> UInt64 {
+        onShard()
+        guard let range = ranges[key] else { throw .rangeNotFound(key) }
+        if let sealed = range.sealedEnd { return min(sealed, range.confirmedEnd) }
+        range.fenced = true
+        await range.waitUntilSettled()
+        return range.confirmedEnd
+    }
+
+    /// Appends a batch a sealed replica missed (copied from a peer): it must start at the replica's confirmed end and
+    /// end at or below the sealed end. Durable when it returns `.committed`.
+    public func repair(_ batch: RecordBatchView) async throws(StoreError) -> AppendOutcome {
+        onShard()
+        let key = RangeKey(streamID: batch.streamID, index: batch.rangeIndex)
+        guard let range = ranges[key] else { return .rangeNotFound }
+        guard let sealed = range.sealedEnd else { return .overtaken(expected: range.pendingEnd) }
+        if batch.endOffset <= range.confirmedEnd { return .alreadyCommitted(confirmedEnd: range.confirmedEnd) }
+        guard batch.endOffset <= sealed else { return .sealed(end: sealed) }
+        if batch.baseOffset < range.pendingEnd { return .pending }
+        if batch.baseOffset > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
+        range.pendingEnd = batch.endOffset
+        do {
+            _ = try await wal.append(.append, batch.bytes)
+        } catch {
+            range.pendingEnd = range.confirmedEnd
+            range.settled()
+            throw error
+        }
+        checkpointIfDue()
+        return .committed(confirmedEnd: range.confirmedEnd)
+    }
+
+    /// Every range replica on this shard.
+    public var rangeKeys: [RangeKey] { Array(ranges.keys) }
 
     /// Drops records below `offset` (rounded down to a batch boundary).
     public func trim(_ key: RangeKey, below offset: UInt64) async throws(StoreError) {

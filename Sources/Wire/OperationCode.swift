@@ -29,6 +29,7 @@ public enum OperationCode: UInt16, Sendable, CaseIterable, CustomStringConvertib
     case listObjects = 0x200F
     case watch = 0x2010
     case describeCluster = 0x2011
+    case listStreams = 0x2012
     // Raft peers (placement driver members).
     case appendEntries = 0x3001
     case requestVote = 0x3002
@@ -65,6 +66,7 @@ public enum OperationCode: UInt16, Sendable, CaseIterable, CustomStringConvertib
         case .listObjects: "LIST_OBJECTS"
         case .watch: "WATCH"
         case .describeCluster: "DESCRIBE_CLUSTER"
+        case .listStreams: "LIST_STREAMS"
         case .appendEntries: "APPEND_ENTRIES"
         case .requestVote: "REQUEST_VOTE"
         case .installSnapshot: "INSTALL_SNAPSHOT"

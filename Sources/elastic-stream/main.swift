@@ -1,6 +1,7 @@
-// elastic-stream: the server process. Reads a configuration file from Config/, starts the reactor and an embedded
-// placement driver member (a single-member quorum by default, or the members the file lists), serves until SIGTERM
-// or SIGINT, then stops cleanly. The range server services arrive with the next issue.
+// elastic-stream: the server process. Reads a configuration file from Config/, starts the reactor, an embedded
+// placement driver member (a single-member quorum by default, or the members the file lists) and the range server
+// (one store and one port per shard), serves until SIGTERM or SIGINT, then reports the range server offline, sends
+// GOAWAY to its clients, drains and stops cleanly.
 //
 //   elastic-stream [--config FILE]      (default: Config/standalone.toml)
 import Dispatch
@@ -8,6 +9,7 @@ import Foundation
 import Logging
 import PlacementDriver
 import Raft
+import RangeServer
 import Reactor
 import Synchronization
 
@@ -38,9 +40,11 @@ guard let text = try? String(contentsOfFile: configurationPath, encoding: .utf8)
 }
 let reactorConfiguration: ReactorConfiguration
 let pdConfiguration: PDConfiguration
+let serverConfiguration: RangeServerConfiguration
 do {
     reactorConfiguration = try ReactorConfiguration(configurationText: text, file: configurationPath)
     pdConfiguration = try PDConfiguration(configurationText: text, file: configurationPath)
+    serverConfiguration = try RangeServerConfiguration(configurationText: text, file: configurationPath)
 } catch {
     fail("\(error)")
 }
@@ -92,23 +96,36 @@ let settings = PDMember.Settings(
         + pdConfiguration.serverHeartbeatTimeout.components.attoseconds / 1_000_000_000_000_000),
     snapshotEvery: pdConfiguration.snapshotEvery)
 let members = Dictionary(uniqueKeysWithValues: pdConfiguration.members.map { ($0.id, $0) })
+let placementDriverAddresses = serverConfiguration.placementDriver.isEmpty
+    ? pdConfiguration.members.map(\.description) : serverConfiguration.placementDriver
 
 do {
     try await reactor.run(on: 0) { context in
         let member = try await PDMember.start(settings, on: context)
         let server = try PDServer.start(member: member, members: members, on: context)
+        let rangeServer: RangeServer
+        do {
+            rangeServer = try await RangeServer.start(serverConfiguration, placementDriver: placementDriverAddresses,
+                                                      reactor: reactor, on: context)
+        } catch {
+            await server.stop()
+            await member.stop()
+            throw error
+        }
         logger.info("elastic-stream started", metadata: [
             "member": "\(settings.id)", "listen": "\(own)", "members": "\(pdConfiguration.members.map { "\($0.id)=\($0)" })",
             "data": "\(settings.directory)", "shards": "\(reactor.shardCount)",
+            "range-server": "\(rangeServer.shardAddresses)", "range-server-data": "\(serverConfiguration.dataDirectory)",
         ])
-        // Print the line test harnesses wait for.
-        FileHandle.standardOutput.write(Data("READY \(own)\n".utf8))
+        // Print the line test harnesses wait for: the placement driver's address, then each shard's.
+        FileHandle.standardOutput.write(Data("READY \(own) \(rangeServer.shardAddresses.joined(separator: " "))\n".utf8))
         while !stop.requested { try await context.sleep(for: .milliseconds(20)) }
+        await rangeServer.stop()
         await server.stop()
         await member.stop()
     }
 } catch {
-    logger.critical("the placement driver member failed", metadata: ["error": "\(error)"])
+    logger.critical("the server failed", metadata: ["error": "\(error)"])
     reactor.shutdown()
     exit(1)
 }

@@ -46,6 +46,11 @@ final class ProcessCluster: @unchecked Sendable {
             tick = "20ms"
             election_ticks = 10
             heartbeat_ticks = 1
+
+            [server]
+            port = \(ports[member - 1] + 3)
+            data_dir = "\(directory)/server-\(member)"
+            segment_bytes = 4194304
             """
     }
 

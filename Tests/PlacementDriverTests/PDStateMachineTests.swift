@@ -46,8 +46,11 @@ struct Applier {
         return try run(.rangeServerHeartbeat, request)
     }
 
-    mutating func createRange(_ stream: UInt64, index: UInt32, start: UInt64, epoch: UInt64) throws -> PDResult {
+    mutating func createRange(_ stream: UInt64, index: UInt32, start: UInt64, epoch: UInt64, avoiding: [UInt64] = [])
+        throws -> PDResult
+    {
         var request = Elasticstream_V1_CreateRangeRequest()
+        request.avoidServerIds = avoiding
         request.range.streamID = stream
         request.range.index = index
         request.range.startOffset = start
@@ -132,7 +135,7 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(try pd.machine.listRanges(stream: stream.streamID).map(\.index) == [0, 1])
     }
 
-    /// Placement: distinct healthy servers, the least loaded first, servers of the replaced range last, and a clear
+    /// Placement: distinct healthy servers, the least loaded first, servers the writer saw fail last, and a clear
     /// error when too few are healthy.
     @Test func placementChoosesHealthySpreadServers() throws {
         var pd = Applier()
@@ -148,19 +151,27 @@ func code(_ result: PDResult) -> ErrorCode {
         }
         #expect(first.servers.map(\.serverID) == [d, b, c])
         _ = try pd.seal(stream.streamID, index: 0, end: 10, epoch: 1)
-        // Server d goes silent; the next range avoids the previous range's servers where it can.
-        pd.now += 6_000
-        for id in [a, b, c] { _ = try pd.heartbeat(id) }
-        guard case .range(let second) = try pd.createRange(stream.streamID, index: 1, start: 10, epoch: 1) else {
+        // The writer saw b fail: with d still healthy, b is left out.
+        guard case .range(let avoided) = try pd.createRange(stream.streamID, index: 1, start: 10, epoch: 1,
+                                                            avoiding: [b]) else {
             Issue.record("create")
             return
         }
-        #expect(Set(second.servers.map(\.serverID)) == [a, b, c])
-        #expect(second.servers.first?.serverID == a, "the server not in the replaced range comes first")
-        _ = try pd.seal(stream.streamID, index: 1, end: 20, epoch: 1)
+        #expect(avoided.servers.map(\.serverID) == [d, c, a])
+        _ = try pd.seal(stream.streamID, index: 1, end: 10, epoch: 1)
+        // Server d goes silent; only a, b and c are healthy, so an avoided one is still placed (last).
+        pd.now += 6_000
+        for id in [a, b, c] { _ = try pd.heartbeat(id) }
+        guard case .range(let second) = try pd.createRange(stream.streamID, index: 2, start: 10, epoch: 1,
+                                                           avoiding: [c]) else {
+            Issue.record("create")
+            return
+        }
+        #expect(second.servers.map(\.serverID) == [b, a, c])
+        _ = try pd.seal(stream.streamID, index: 2, end: 20, epoch: 1)
         pd.now += 6_000
         _ = try pd.heartbeat(a)
-        let result = try pd.createRange(stream.streamID, index: 2, start: 20, epoch: 1)
+        let result = try pd.createRange(stream.streamID, index: 3, start: 20, epoch: 1)
         guard case .failed(let error) = result else { Issue.record("placed on silent servers"); return }
         #expect(error.code == .notEnoughServers)
         #expect(error.message.contains("1 of 4 are healthy"), "\(error.message)")

@@ -258,6 +258,9 @@ public nonisolated struct Elasticstream_V1_CreateRangeRequest: Sendable {
   /// On the PD: the writer's epoch.
   public var epoch: UInt64 = 0
 
+  /// On the PD: range servers the writer saw fail; they are placed only when no healthy other server is left.
+  public var avoidServerIds: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -741,7 +744,7 @@ nonisolated extension Elasticstream_V1_FetchResponse: SwiftProtobuf.Message, Swi
 
 nonisolated extension Elasticstream_V1_CreateRangeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CreateRangeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}range\0\u{1}epoch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}range\0\u{1}epoch\0\u{3}avoid_server_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -751,6 +754,7 @@ nonisolated extension Elasticstream_V1_CreateRangeRequest: SwiftProtobuf.Message
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._range) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
+      case 3: try { try decoder.decodeRepeatedUInt64Field(value: &self.avoidServerIds) }()
       default: break
       }
     }
@@ -767,12 +771,16 @@ nonisolated extension Elasticstream_V1_CreateRangeRequest: SwiftProtobuf.Message
     if self.epoch != 0 {
       try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 2)
     }
+    if !self.avoidServerIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.avoidServerIds, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Elasticstream_V1_CreateRangeRequest, rhs: Elasticstream_V1_CreateRangeRequest) -> Bool {
     if lhs._range != rhs._range {return false}
     if lhs.epoch != rhs.epoch {return false}
+    if lhs.avoidServerIds != rhs.avoidServerIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

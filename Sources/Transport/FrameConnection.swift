@@ -4,27 +4,29 @@ import Wire
 
 /// A TCP connection carrying frames, on one shard: a bounded queue of outgoing frames written by one writer task (so
 /// frames never interleave), and a read loop that hands every decoded frame to a handler. Shard-bound.
-final class FrameConnection {
-    let connection: TCPConnection
-    let context: ShardContext
-    let maxQueuedBytes: Int
-    let limits: FrameLimits
+public final class FrameConnection {
+    public let connection: TCPConnection
+    public let context: ShardContext
+    public let maxQueuedBytes: Int
+    public let limits: FrameLimits
     private var queue: [[UInt8]] = []
-    private var queuedBytes = 0
+    public private(set) var queuedBytes = 0
     private var writing = false
-    private(set) var closed = false
+    public private(set) var closed = false
 
-    init(_ connection: TCPConnection, context: ShardContext, maxQueuedBytes: Int = 64 << 20,
-         limits: FrameLimits = .default) {
+    public init(_ connection: TCPConnection, context: ShardContext, maxQueuedBytes: Int = 64 << 20,
+                limits: FrameLimits = .default) {
         self.connection = connection
         self.context = context
         self.maxQueuedBytes = maxQueuedBytes
         self.limits = limits
     }
 
+    public var peer: String { connection.peer }
+
     /// Queues a frame; false when the connection is closed or its queue is full (the frame is dropped).
     @discardableResult
-    func send(_ frame: Frame) -> Bool {
+    public func send(_ frame: Frame) -> Bool {
         guard !closed, let bytes = try? frame.encoded(limits: limits) else { return false }
         guard queuedBytes + bytes.count <= maxQueuedBytes else { return false }
         queue.append(bytes)
@@ -38,30 +40,45 @@ final class FrameConnection {
     }
 
     private func writeLoop() async {
-        defer { writing = false }
         while !queue.isEmpty && !closed {
             let batch = queue
             queue = []
             let total = batch.reduce(0) { $0 + $1.count }
-            queuedBytes -= total
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 8)
-            defer { buffer.deallocate() }
             var offset = 0
             for bytes in batch {
                 UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + bytes.count)]).copyBytes(from: bytes)
                 offset += bytes.count
             }
+            let sent: Bool
             do {
                 try await connection.send(UnsafeRawBufferPointer(buffer))
+                sent = true
             } catch {
+                sent = false
+            }
+            buffer.deallocate()
+            queuedBytes -= total
+            if !sent {
+                writing = false
                 await close()
                 return
             }
         }
+        writing = false
     }
 
-    /// Reads frames until the peer closes, the connection fails or a frame is malformed; then closes.
-    func readLoop(_ onFrame: (Frame) -> Void) async {
+    /// Waits until every queued frame is handed to the kernel (or the connection failed), at most `timeout`.
+    public func flush(timeout: Duration = .seconds(1)) async {
+        let deadline = context.now + timeout
+        while writing && !closed && context.now < deadline {
+            try? await context.sleep(for: .milliseconds(1))
+        }
+    }
+
+    /// Reads frames until the peer closes, the connection fails or a frame is malformed; then closes. A malformed
+    /// stream is handed to `onMalformed` first (it may queue a last frame, which is flushed before the close).
+    public func readLoop(_ onFrame: (Frame) -> Void, onMalformed: (WireError) -> Void = { _ in }) async {
         var decoder = FrameDecoder(limits: limits)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 8)
         defer { buffer.deallocate() }
@@ -76,13 +93,15 @@ final class FrameConnection {
             do {
                 try decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<n]), onFrame)
             } catch {
+                onMalformed(error)
+                await flush()
                 break
             }
         }
         await close()
     }
 
-    func close() async {
+    public func close() async {
         guard !closed else { return }
         closed = true
         queue = []

@@ -1,0 +1,186 @@
+import PlacementDriver
+import Platform
+import Reactor
+import Records
+import Transport
+import Wire
+
+/// Reads one stream across its ranges: finds the range holding an offset (asking the placement driver again when
+/// it does not know it), fetches from a replica of that range, and moves to another replica when one fails or lacks
+/// the records. Shard-bound.
+final class StreamReader {
+    let client: ElasticStreamClient
+    let streamID: UInt64
+    private(set) var ranges: [RangeRecord] = []
+    /// The writer's own reads stop at its acknowledged end in the open range (records past it may still move).
+    var openRangeLimit: (() -> UInt64)?
+    /// Which replica to ask first, per range index (moved on failure).
+    private var preferred: [UInt32: Int] = [:]
+
+    init(client: ElasticStreamClient, streamID: UInt64) {
+        self.client = client
+        self.streamID = streamID
+    }
+
+    func setRanges(_ ranges: [RangeRecord]) { self.ranges = ranges.sorted { $0.index < $1.index } }
+
+    func refresh() async throws(ClientError) {
+        setRanges(try await client.ranges(of: streamID))
+    }
+
+    private func range(containing offset: UInt64) -> RangeRecord? {
+        ranges.first { range in
+            offset >= range.startOffset && (!range.sealed || offset < range.endOffset)
+        }
+    }
+
+    /// Records from `offset` on (about `maxBytes`); with `wait`, a read at the end of the open range waits that long
+    /// for new records. Empty at the stream's end.
+    func read(from offset: UInt64, maxBytes: Int, wait: Duration) async throws(ClientError) -> [ReadRecord] {
+        var refreshed = false
+        let deadline = client.context.now + client.configuration.requestTimeout + wait
+        var lastError: ClientError?
+        while client.context.now < deadline {
+            if !refreshed && (ranges.isEmpty || range(containing: offset) == nil) {
+                try await refresh()
+                refreshed = true
+            }
+            guard let range = range(containing: offset) else {
+                if let first = ranges.first, offset < first.startOffset {
+                    throw .offsetOutOfRange("stream \(streamID) starts at \(first.startOffset), after \(offset)")
+                }
+                if let last = ranges.last, last.sealed, offset == last.endOffset {
+                    // The stream's end, with no next range yet (its writer is failing over, or gone).
+                    if wait > .zero { try? await client.context.sleep(for: min(wait, .milliseconds(100))) }
+                    return []
+                }
+                if ranges.isEmpty { return [] }
+                throw .offsetOutOfRange("offset \(offset) is past the end of stream \(streamID)")
+            }
+            var limit: UInt64 = range.sealed ? range.endOffset : 0
+            if !range.sealed, range.index == ranges.last?.index, let openRangeLimit {
+                limit = openRangeLimit()
+                if offset >= limit { return [] }
+            }
+            let servers = range.servers
+            guard !servers.isEmpty else { throw .unavailable("range \(range.index) of stream \(streamID) has no replicas") }
+            let first = preferred[range.index] ?? 0
+            var sawEmpty = false
+            var retry = false
+            replicas: for attempt in 0..<servers.count {
+                let which = (first + attempt) % servers.count
+                guard let address = ElasticStreamClient.address(of: servers[which], for: range) else { continue }
+                var request = Elasticstream_V1_FetchRequest()
+                request.streamID = streamID
+                request.rangeIndex = range.index
+                request.startOffset = offset
+                request.endOffset = limit
+                request.maxBytes = UInt32(clamping: maxBytes)
+                request.maxWaitMs = range.sealed ? 0 : UInt32(wait.components.seconds * 1000
+                    + wait.components.attoseconds / 1_000_000_000_000_000)
+                let answer = await client.server(address).call(.fetch, header: request,
+                                                               timeout: client.configuration.requestTimeout + wait)
+                switch answer {
+                case .success(let frame):
+                    let records: [ReadRecord]
+                    do {
+                        records = try Self.decode(frame, from: offset, below: limit == 0 ? .max : limit)
+                    } catch {
+                        lastError = error
+                        preferred[range.index] = (which + 1) % servers.count
+                        continue
+                    }
+                    if records.isEmpty && range.sealed && offset < range.endOffset {
+                        // This replica has not got (or repaired) these records yet: ask another.
+                        sawEmpty = true
+                        preferred[range.index] = (which + 1) % servers.count
+                        continue
+                    }
+                    preferred[range.index] = which
+                    if records.isEmpty && !range.sealed && !refreshed && openRangeLimit == nil {
+                        // Nothing new: the range may have been sealed meanwhile (its writer moved on).
+                        try await refresh()
+                        refreshed = true
+                        if self.range(containing: offset)?.index != range.index || self.range(containing: offset)?.sealed == true {
+                            retry = true
+                            break replicas
+                        }
+                    }
+                    return records
+                case .failure(let error):
+                    lastError = .from(error)
+                    if case .refused(let code, _) = error, code == .offsetOutOfRange {
+                        throw .offsetOutOfRange("offset \(offset) of stream \(streamID) was trimmed")
+                    }
+                    preferred[range.index] = (which + 1) % servers.count
+                    if case .unreachable = error { await client.refresh(address) }
+                }
+            }
+            if retry { continue }
+            if sawEmpty { lastError = .unavailable("no replica of range \(range.index) has offset \(offset) yet") }
+            // Every replica failed: the range may have moved on (sealed, new range); look again shortly.
+            refreshed = false
+            try? await client.context.sleep(for: .milliseconds(50))
+        }
+        throw lastError ?? .unavailable("no replica of stream \(streamID) answered for offset \(offset)")
+    }
+
+    /// The records of a FETCH answer at or after `offset` and below `end`, every batch checked.
+    static func decode(_ frame: Frame, from offset: UInt64, below end: UInt64) throws(ClientError) -> [ReadRecord] {
+        let payload = Array(frame.payload)
+        var records: [ReadRecord] = []
+        let result: Result<Void, ClientError> = payload.withUnsafeBytes { raw in
+            var position = 0
+            while position < raw.count {
+                let rest = UnsafeRawBufferPointer(rebasing: raw[position...])
+                do {
+                    let length = try RecordBatchView.batchLength(of: rest)
+                    guard length <= rest.count else { return .failure(.server(code: .dataCorrupted, message: "truncated batch")) }
+                    let view = try RecordBatchView(validating: UnsafeRawBufferPointer(rebasing: rest[..<length]))
+                    let batch = RecordBatch(view)
+                    for (i, record) in batch.records.enumerated() {
+                        let at = batch.baseOffset + UInt64(i)
+                        if at >= offset && at < end { records.append(ReadRecord(offset: at, record: record)) }
+                    }
+                    position += length
+                } catch {
+                    return .failure(.server(code: .dataCorrupted, message: "a fetched batch fails its checks: \(error)"))
+                }
+            }
+            return .success(())
+        }
+        try result.get()
+        return records
+    }
+}
+
+@available(*, unavailable)
+extension StreamReader: Sendable {}
+
+/// Every record of a stream from an offset on, in order, exactly once: at the end it waits for new records, and it
+/// follows the stream from range to range. Iterate it on the shard of the client that made it.
+public struct TailSequence: AsyncSequence {
+    public typealias Element = ReadRecord
+    let reader: ShardBound<StreamReader>
+    let start: UInt64
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let reader: ShardBound<StreamReader>
+        var next: UInt64
+        var buffered: [ReadRecord] = []
+        var position = 0
+
+        public mutating func next() async throws -> ReadRecord? {
+            while position >= buffered.count {
+                buffered = try await reader.value.read(from: next, maxBytes: 1 << 20, wait: .milliseconds(500))
+                position = 0
+            }
+            let record = buffered[position]
+            position += 1
+            next = record.offset + 1
+            return record
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(reader: reader, next: start) }
+}

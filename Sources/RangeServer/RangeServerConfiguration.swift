@@ -1,0 +1,92 @@
+import Foundation
+import PlacementDriver
+import Store
+import TOMLKit
+
+/// The `[server]` table of a configuration file: where the range server listens, keeps its data, and how it bounds
+/// each connection. Unknown keys and bad values are errors naming the file, the key and the problem.
+public struct RangeServerConfiguration: Sendable, Hashable {
+    /// The address clients reach this server on (listened on and registered with the placement driver).
+    public var host = "127.0.0.1"
+    /// Shard i listens on `port + i`.
+    public var port: UInt16 = 10911
+    /// Each shard keeps its store under `data_dir/shard-<i>`; the server's id is kept in `data_dir/server-id`.
+    public var dataDirectory = "/var/tmp/elastic-stream/standalone/server"
+    /// Placement driver members ("host:port"); empty: the `[pd]` table's members.
+    public var placementDriver: [String] = []
+    public var heartbeatInterval: Duration = .seconds(1)
+    public var segmentBytes = 64 << 20
+    public var cacheBytes = 64 << 20
+    public var checkpointIntervalBytes = 64 << 20
+    /// Requests served at once per connection; past it, TOO_MANY_REQUESTS.
+    public var maxRequestsPerConnection = 1024
+    /// Bytes of requests served at once per connection; past it, TOO_MANY_REQUESTS.
+    public var maxBytesPerConnection = 64 << 20
+    /// Largest frame accepted.
+    public var maxFrameBytes = 16 << 20
+    /// How long SIGTERM waits for requests in flight before closing connections.
+    public var drainTimeout: Duration = .seconds(5)
+    /// The longest a FETCH may wait for new records.
+    public var maxFetchWait: Duration = .seconds(30)
+
+    public init() {}
+
+    public typealias Invalid = PDConfiguration.Invalid
+
+    public init(configurationText text: String, file: String = "<text>") throws(Invalid) {
+        self.init()
+        let document: TOMLTable
+        do {
+            document = try TOMLTable(string: text)
+        } catch {
+            throw Invalid(description: "\(file): \(error)")
+        }
+        guard let value = document["server"] else { return }
+        guard let table = value.table else { throw Invalid(description: "\(file): [server] must be a table") }
+        for key in table.keys.sorted() {
+            let value = table[key]!
+            let place = "\(file): [server] \(key)"
+            switch key {
+            case "host": host = try PDConfiguration.string(value, place)
+            case "port": port = UInt16(try PDConfiguration.integer(value, place, in: 1...65_000))
+            case "data_dir": dataDirectory = try PDConfiguration.string(value, place)
+            case "pd":
+                guard let array = value.array else {
+                    throw Invalid(description: "\(place) must be an array of \"host:port\" strings")
+                }
+                var addresses: [String] = []
+                for item in array {
+                    let address = try PDConfiguration.string(item, place)
+                    let parts = address.split(separator: ":")
+                    guard parts.count == 2, UInt16(parts[1]) != nil else {
+                        throw Invalid(description: "\(place) holds '\(address)', not \"host:port\"")
+                    }
+                    addresses.append(address)
+                }
+                placementDriver = addresses
+            case "heartbeat_interval": heartbeatInterval = try PDConfiguration.duration(value, place)
+            case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (1 << 20)...(1 << 34))
+            case "cache_bytes": cacheBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 36))
+            case "checkpoint_interval_bytes":
+                checkpointIntervalBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 40))
+            case "max_requests_per_connection":
+                maxRequestsPerConnection = try PDConfiguration.integer(value, place, in: 1...1_000_000)
+            case "max_bytes_per_connection":
+                maxBytesPerConnection = try PDConfiguration.integer(value, place, in: (1 << 20)...(1 << 34))
+            case "max_frame_bytes": maxFrameBytes = try PDConfiguration.integer(value, place, in: (64 << 10)...(1 << 30))
+            case "drain_timeout": drainTimeout = try PDConfiguration.duration(value, place)
+            case "max_fetch_wait": maxFetchWait = try PDConfiguration.duration(value, place)
+            default: throw Invalid(description: "\(file): unknown key '\(key)' in [server]")
+            }
+        }
+        guard segmentBytes % 4096 == 0 else { throw Invalid(description: "\(file): [server] segment_bytes must be a multiple of 4096") }
+    }
+
+    /// The address of shard `index`.
+    public func shardAddress(_ index: Int) -> String { "\(host):\(Int(port) + index)" }
+
+    func store(shard index: Int) -> StoreConfiguration {
+        StoreConfiguration(wal: WALConfiguration(directory: "\(dataDirectory)/shard-\(index)", segmentSizeBytes: segmentBytes),
+                           cacheBytes: cacheBytes, checkpointIntervalBytes: checkpointIntervalBytes)
+    }
+}
