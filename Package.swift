@@ -108,7 +108,8 @@ let package = Package(
         // The command-line tool.
         .executableTarget(name: "esctl",
                           dependencies: ["Client", "PlacementDriver", "Records", "Wire", "Reactor",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
                           swiftSettings: swiftSettings),
         // Baselines for the benchmarks, in plain C over the same libraries: never linked into the engine.
         .target(name: "CBaselines", dependencies: ["CLibURing", "CLibXXHash"], path: "Perf/CBaselines",

@@ -249,17 +249,20 @@ public struct PDStateMachine: Sendable {
         range.epoch = stream.epoch
         range.replicaCount = stream.replicaCount
         range.ackCount = stream.ackCount
-        range.servers = try place(count: Int(stream.replicaCount), avoiding: failed, now: now)
+        range.servers = try place(count: Int(stream.replicaCount), atLeast: Int(stream.ackCount), avoiding: failed,
+                                  now: now)
         ranges[stream.streamID, default: []].append(range)
         record(.watchAdded) { $0.range = range }
         return .range(range)
     }
 
     /// `count` healthy servers (online, heartbeat within the timeout), each at most once: servers the writer saw fail
-    /// last, then the least loaded, then by id (every member must choose the same).
-    func place(count: Int, avoiding: Set<UInt64>, now: Int64) throws -> [ServerRecord] {
+    /// last, then the least loaded, then by id (every member must choose the same). With fewer healthy servers than
+    /// `count` but at least `atLeast` (the ack count), the range is placed on all of them: writes go on, with less
+    /// redundancy, rather than stop.
+    func place(count: Int, atLeast: Int? = nil, avoiding: Set<UInt64>, now: Int64) throws -> [ServerRecord] {
         let healthy = servers.values.filter { isHealthy($0, now: now) }
-        guard healthy.count >= count else {
+        guard healthy.count >= min(count, atLeast ?? count) else {
             throw PDError(.notEnoughServers,
                           "\(count) replicas need \(count) healthy range servers; \(healthy.count) of \(servers.count) are healthy")
         }

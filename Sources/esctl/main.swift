@@ -4,6 +4,7 @@
 import ArgumentParser
 import Client
 import Foundation
+import Logging
 import PlacementDriver
 import Reactor
 import Records
@@ -16,12 +17,19 @@ struct Global: ParsableArguments {
     var json = false
     @Option(name: .long, help: "Seconds a command may take talking to the placement driver.")
     var timeout = 10.0
+    @Flag(name: .long, help: "Log what the client does (failovers, seals) to stderr.")
+    var verbose = false
 
     var addresses: [String] { pd.split(separator: ",").map { String($0.trimmingCharacters(in: .whitespaces)) } }
 }
 
 /// Runs `body` with a client on a one-shard reactor; a `ClientError` becomes a clear message and exit status 1.
 func withClient(_ global: Global, _ body: @escaping @Sendable (ClientBox) async throws -> Void) async throws {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = global.verbose ? .info : .error
+        return handler
+    }
     let reactor = try Reactor(configuration: ReactorConfiguration(
         cpus: [0], pinThreads: false, pollDuration: .microseconds(20), stallThreshold: nil, bufferCount: 4,
         bufferSizeBytes: 65536, useHugePages: false, drainTimeout: .milliseconds(500)))
@@ -56,6 +64,7 @@ final class ClientBox: @unchecked Sendable {
     init(_ client: ElasticStreamClient) { self.client = client }
 }
 
+/// Written at once (not buffered): `tail` is often piped and interrupted.
 func printJSON(_ value: Any) {
     if let data = try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys]) {
         FileHandle.standardOutput.write(data + Data("\n".utf8))
@@ -96,7 +105,7 @@ func show(_ record: ReadRecord, json: Bool) {
     } else {
         let text = String(validating: record.record.value, as: UTF8.self)
             ?? "<\(record.record.value.count) bytes: base64 \(Data(record.record.value).base64EncodedString())>"
-        print("\(record.offset)\t\(text)")
+        FileHandle.standardOutput.write(Data("\(record.offset)\t\(text)\n".utf8))
     }
 }
 

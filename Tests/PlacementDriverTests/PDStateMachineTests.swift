@@ -176,6 +176,13 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(error.code == .notEnoughServers)
         #expect(error.message.contains("1 of 4 are healthy"), "\(error.message)")
         #expect(pd.machine.listServers(now: pd.now).filter { $0.state == .serverOffline }.count == 3)
+        // Two healthy servers are enough for an ack count of 2: the range is placed on both, with less redundancy.
+        _ = try pd.heartbeat(b)
+        guard case .range(let degraded) = try pd.createRange(stream.streamID, index: 3, start: 20, epoch: 1) else {
+            Issue.record("no degraded placement")
+            return
+        }
+        #expect(degraded.servers.map(\.serverID) == [b, a])
         #expect(code(try pd.heartbeat(77)) == .serverNotFound)
     }
 

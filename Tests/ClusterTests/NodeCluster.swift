@@ -1,0 +1,189 @@
+import Client
+import Foundation
+import PlacementDriver
+import Reactor
+import Records
+import Testing
+
+/// Where `swift build` put the server: beside the test binary.
+func serverPath() -> String {
+    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        .appendingPathComponent("elastic-stream").path
+}
+
+/// Three `elastic-stream` nodes on loopback, each an embedded placement driver member and a range server with its own
+/// data directory. Three nodes share this machine's two cores, so they poll briefly and sleep.
+final class NodeCluster: @unchecked Sendable {
+    let directory: String
+    let pdPorts: [UInt16]
+    let serverPorts: [UInt16]
+    private var processes: [Int: Process] = [:]
+    private let lock = NSLock()
+
+    init() throws {
+        let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
+        directory = "\(parent)/es-nodes-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let base = UInt16(30_000 + Int(getpid() % 1_000) * 8)
+        pdPorts = [base + 1, base + 2, base + 3]
+        serverPorts = [base + 4, base + 5, base + 6]
+    }
+
+    var pdAddresses: [String] { pdPorts.map { "127.0.0.1:\($0)" } }
+    func serverAddress(_ node: Int) -> String { "127.0.0.1:\(serverPorts[node - 1])" }
+
+    func configuration(_ node: Int) -> String {
+        let members = (1...3).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1])\"" }.joined(separator: ", ")
+        return """
+            [reactor]
+            cpus = [\((node - 1) % 2)]
+            pin_threads = false
+            poll_duration = "20us"
+            buffer_count = 8
+            buffer_size_bytes = 65536
+            use_huge_pages = false
+            drain_timeout = "500ms"
+            stall_threshold = "off"
+
+            [pd]
+            member_id = \(node)
+            members = [\(members)]
+            data_dir = "\(directory)/node-\(node)/pd"
+            tick = "20ms"
+            election_ticks = 10
+            heartbeat_ticks = 1
+            server_heartbeat_timeout = "3s"
+
+            [server]
+            port = \(serverPorts[node - 1])
+            data_dir = "\(directory)/node-\(node)/server"
+            heartbeat_interval = "200ms"
+            segment_bytes = 8388608
+            cache_bytes = 16777216
+            drain_timeout = "1s"
+            """
+    }
+
+    /// Starts node `node` and waits for its READY line.
+    func start(_ node: Int) throws {
+        let path = "\(directory)/node-\(node).toml"
+        try configuration(node).write(toFile: path, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: serverPath())
+        process.arguments = ["--config", path]
+        let output = Pipe()
+        process.standardOutput = output
+        // The node's log (appended across restarts), for a failing test to show.
+        let log = "\(directory)/node-\(node).log"
+        if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+        let logHandle = FileHandle(forWritingAtPath: log)
+        logHandle?.seekToEndOfFile()
+        process.standardError = logHandle
+        try process.run()
+        lock.withLock { processes[node] = process }
+        let handle = output.fileHandleForReading
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            seen += chunk
+            if String(decoding: seen, as: UTF8.self).contains("READY") { return }
+        }
+        throw ClientError.unavailable("node \(node) did not start: \(String(decoding: seen, as: UTF8.self))")
+    }
+
+    func startAll() throws {
+        for node in 1...3 { try start(node) }
+    }
+
+    func kill(_ node: Int) {
+        guard let process = lock.withLock({ processes.removeValue(forKey: node) }) else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// SIGTERM, and the exit status.
+    func terminate(_ node: Int) -> Int32? {
+        guard let process = lock.withLock({ processes.removeValue(forKey: node) }) else { return nil }
+        process.terminate()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func log(_ node: Int) -> String {
+        (try? String(contentsOfFile: "\(directory)/node-\(node).log", encoding: .utf8)) ?? ""
+    }
+
+    func stopAll() {
+        for node in 1...3 { kill(node) }
+    }
+
+    deinit {
+        stopAll()
+        if ProcessInfo.processInfo.environment["ES_KEEP_TEST_DIR"] == nil {
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+}
+
+/// Carries a shard-bound client into a task on its shard.
+struct Box<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
+
+/// Runs `body` with a client of `cluster` on shard 0 of `reactor`.
+func withClient<T: Sendable>(_ reactor: Reactor, _ cluster: NodeCluster,
+                             configuration: ClientConfiguration = ClientConfiguration(),
+                             _ body: @escaping @Sendable (Box<ElasticStreamClient>) async throws -> T) async throws -> T {
+    let addresses = cluster.pdAddresses
+    return try await reactor.run(on: 0) { context in
+        let client = ElasticStreamClient(pd: addresses, on: context, configuration: configuration)
+        do {
+            let result = try await body(Box(client))
+            await client.close()
+            return result
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
+}
+
+/// Waits until `count` range servers are online.
+func waitForServers(_ client: ElasticStreamClient, _ count: Int, within: Duration = .seconds(20)) async throws {
+    let deadline = ContinuousClock.now + within
+    while ContinuousClock.now < deadline {
+        if let cluster = try? await client.describeCluster(),
+           cluster.servers.filter({ $0.state == .serverOnline }).count >= count { return }
+        try await client.context.sleep(for: .milliseconds(100))
+    }
+    throw ClientError.unavailable("fewer than \(count) range servers came online")
+}
+
+/// A record whose value says which one it is.
+func record(_ n: Int, size: Int = 16) -> Record {
+    var value = Array("record-\(n)-".utf8)
+    if value.count < size { value += [UInt8](repeating: UInt8(ascii: "x"), count: size - value.count) }
+    return Record(timestamp: 1_700_000_000_000 + Int64(n), headers: [Header("n", "\(n)")], value: value)
+}
+
+/// The number a record made by `record(_:)` carries.
+func number(_ record: Record) -> Int? {
+    guard let header = record.headers.first(where: { $0.key == Array("n".utf8) }) else { return nil }
+    return Int(String(decoding: header.value, as: UTF8.self))
+}
+
+/// Every record of a stream from 0 to `end`, read in order.
+func readAll(_ client: ElasticStreamClient, _ stream: UInt64, to end: UInt64) async throws -> [ReadRecord] {
+    var records: [ReadRecord] = []
+    var next: UInt64 = 0
+    while next < end {
+        let batch = try await client.read(stream: stream, from: next, maxBytes: 256 << 10)
+        if batch.isEmpty { break }
+        records += batch
+        next = batch.last!.offset + 1
+    }
+    return records
+}
