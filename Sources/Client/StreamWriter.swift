@@ -483,14 +483,22 @@ public final class StreamWriter {
         stream = try await client.call(.trimStream, request, as: Elasticstream_V1_TrimStreamResponse.self).stream
     }
 
-    /// Waits (at most `timeout`) for the appends in flight to be acknowledged, then stops taking appends.
+    /// Waits (at most `timeout`) for the appends in flight to be acknowledged, stops taking appends, and seals the
+    /// range being written at the acknowledged end (so the next writer has no open range to recover).
     public func close(timeout: Duration = .seconds(10)) async {
+        guard !closed else { return }
         let deadline = context.now + timeout
-        while head < entries.count && fatal == nil && context.now < deadline {
+        while (head < entries.count || failingOver) && fatal == nil && context.now < deadline {
             try? await context.sleep(for: .milliseconds(1))
         }
         closed = true
-        if head < entries.count { fail(.closed) }
+        if head < entries.count {
+            fail(.closed)
+        } else if fatal == nil, let last = ranges.last, !last.sealed {
+            if let sealed = try? await sealAtPlacementDriver(last, at: acknowledgedEnd, until: context.now + .seconds(2)) {
+                notifySeal(sealed)
+            }
+        }
         wakeRoomWaiters()
     }
 
@@ -500,7 +508,8 @@ public final class StreamWriter {
         request.streamID = streamID
         request.epoch = epoch
         stream = try await client.call(.deleteStream, request, as: Elasticstream_V1_DeleteStreamResponse.self).stream
-        await close(timeout: .zero)
+        closed = true
+        if head < entries.count { fail(.closed) }
     }
 }
 

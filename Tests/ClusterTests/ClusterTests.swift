@@ -1,6 +1,7 @@
 import Client
 import Foundation
 import PlacementDriver
+import Platform
 import Reactor
 import Records
 import Testing
@@ -57,5 +58,269 @@ import Wire
         #expect(records.allSatisfy { number($0.record) == Int($0.offset) })
         #expect(tailed == (0..<UInt64(total)).map { $0 }, "the tail saw \(tailed.count) records")
         #expect(rangeCount == 3)
+    }
+}
+
+extension ClusterTests {
+    /// Two writers append continuously while one replica's process is SIGKILLed: one on a stream of 3 replicas
+    /// acknowledged at 2 (it loses a replica and goes on with two), one on a stream of 2 replicas acknowledged at 2
+    /// (it must seal its range and move to a new one on the healthy servers, replaying what was in flight). Neither
+    /// sees an error, throughput recovers, and every acknowledged record is then readable exactly once, in order,
+    /// from the surviving replicas. Reports the longest append stall of each.
+    @Test func writersRideThroughTheLossOfAReplica() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let outcome = try await withClient(reactor, cluster) { box -> ([Load.Outcome], [UInt64]) in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let wide = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let narrow = try await client.createStream(replicas: 2, ackCount: 2).streamID
+            let loads = [Load(try await client.openStream(wide), inFlight: 8, offset: 0),
+                         Load(try await client.openStream(narrow), inFlight: 4, offset: 1_000_000)]
+            // The victim holds a replica of the narrow stream's range: its writer must fail over.
+            let servers = loads[1].writer.value.ranges.last!.servers
+            let port = UInt16(servers[0].shardAddresses[0].split(separator: ":")[1])!
+            let victim = cluster.serverPorts.firstIndex(of: port)! + 1
+            for load in loads { load.start(on: client.context) }
+            try await client.context.sleep(for: .seconds(2))
+            let killedAt = ContinuousClock.now
+            cluster.kill(victim)
+            try await client.context.sleep(for: .seconds(4))
+            var outcomes: [Load.Outcome] = []
+            for load in loads { outcomes.append(await load.finish(killedAt: killedAt)) }
+            return (outcomes, [wide, narrow])
+        }
+        let (outcomes, streams) = outcome
+        for (name, result) in zip(["3 replicas, ack 2", "2 replicas, ack 2"], outcomes) {
+            print("replica loss, \(name): longest append stall \(result.stall), appends in the second before the kill "
+                  + "\(result.before), in the last second \(result.after), failovers \(result.failovers), "
+                  + "acknowledged \(result.acked.count)")
+            #expect(result.errors.isEmpty, "\(name): appends failed: \(result.errors.prefix(3))")
+            #expect(result.after * 4 >= result.before,
+                    "\(name): throughput did not recover: \(result.before)/s before, \(result.after)/s after")
+            #expect(result.stall < .seconds(5))
+        }
+        #expect(outcomes[0].failovers == 0, "the 3-replica writer still had 2 healthy replicas")
+        #expect(outcomes[1].failovers >= 1, "the 2-replica writer never moved to a new range")
+        // Read back from the survivors only.
+        for (stream, result) in zip(streams, outcomes) {
+            let acked = result.acked
+            let end = (acked.keys.max() ?? 0) + 1
+            let records = try await withClient(reactor, cluster) { box in try await readAll(box.value, stream, to: end) }
+            #expect(records.map(\.offset) == (0..<end).map { $0 }, "stream \(stream): offsets read back are not 0..<\(end)")
+            let mismatched = records.filter { record in acked[record.offset].map { $0 != number(record.record) } ?? false }
+            #expect(mismatched.isEmpty, "stream \(stream): \(mismatched.count) acknowledged records read back altered")
+            let numbers = records.compactMap { number($0.record) }
+            #expect(Set(numbers).count == numbers.count, "stream \(stream): a record appears twice")
+            #expect(Set(acked.values).isSubset(of: Set(numbers)), "stream \(stream): acknowledged records are missing")
+            #expect(records.allSatisfy { $0.record.value.count == 1024 })
+        }
+    }
+
+    /// Two writers of one stream: opening it again fences the first, whose next append fails with a clear
+    /// `fenced` error; the second writes on, and a reader sees the first's acknowledged records then the second's.
+    @Test func aSecondWriterFencesTheFirst() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (error, records, secondStart) = try await withClient(reactor, cluster) { box -> (ClientError?, [ReadRecord], UInt64) in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let first = try await client.openStream(stream)
+            for n in 0..<10 { _ = try await first.append([record(n)]) }
+            let second = try await client.openStream(stream)
+            #expect(second.epoch > first.epoch)
+            var error: ClientError?
+            do {
+                _ = try await first.append([record(99)])
+            } catch let failure as ClientError {
+                error = failure
+            }
+            let secondStart = second.nextOffset
+            for n in 10..<20 { _ = try await second.append([record(n)]) }
+            // The first stays fenced.
+            var again: ClientError?
+            do { _ = try await first.append([record(98)]) } catch let failure as ClientError { again = failure }
+            #expect(again != nil)
+            await second.close()
+            return (error, try await readAll(client, stream, to: 20), secondStart)
+        }
+        guard case .fenced = try #require(error, "the fenced writer's append succeeded") else {
+            Issue.record("expected a fenced error, got \(String(describing: error))")
+            return
+        }
+        #expect(secondStart == 10)
+        #expect(records.map { number($0.record) ?? -1 } == Array(0..<20))
+    }
+
+    /// Malformed frames, an oversized length prefix, an unknown operation code, a bad header and random bytes: each
+    /// such connection gets an error answer or is closed, and a well-behaved writer on the same server meanwhile
+    /// appends without a single error.
+    @Test func badClientsDoNotDisturbGoodOnes() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let target = cluster.serverPorts[0]
+        let outcome = try await withClient(reactor, cluster) { box -> (good: Int, errors: [String], bad: [String]) in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let writer = Box(try await client.openStream(stream))
+            final class Tally {
+                var good = 0
+                var errors: [String] = []
+                var stop = false
+            }
+            let tally = Box(Tally())
+            let good = client.context.spawn {
+                var n = 0
+                while !tally.value.stop {
+                    do {
+                        _ = try await writer.value.append([record(n)])
+                        tally.value.good += 1
+                    } catch {
+                        tally.value.errors.append("\(error)")
+                        return
+                    }
+                    n += 1
+                }
+            }
+            var bad: [String] = []
+            for (name, bytes) in Self.hostileInputs() {
+                bad.append("\(name): \(try await Self.probe(client.context, port: target, bytes))")
+            }
+            // The server still answers a well-formed request on a new connection.
+            let ping = await RPCClient(address: "127.0.0.1:\(target)", on: client.context)
+                .call(.ping, header: Elasticstream_V1_PingRequest(), timeout: .seconds(2))
+            if case .failure(let error) = ping { bad.append("ping after the hostile inputs failed: \(error)") }
+            try await client.context.sleep(for: .milliseconds(200))
+            tally.value.stop = true
+            _ = try? await good.value
+            await writer.value.close()
+            return (tally.value.good, tally.value.errors, bad)
+        }
+        for line in outcome.bad { print("hostile input → \(line)") }
+        #expect(outcome.errors.isEmpty, "the good writer saw errors: \(outcome.errors)")
+        #expect(outcome.good > 0)
+        #expect(!outcome.bad.contains { $0.contains("ping after") })
+        #expect(outcome.bad.allSatisfy { $0.contains("error frame") || $0.contains("closed") }, "\(outcome.bad)")
+    }
+
+    static func hostileInputs() -> [(String, [UInt8])] {
+        var random = SystemRandomNumberGenerator()
+        let garbage = (0..<4096).map { _ in UInt8.random(in: 0...255, using: &random) }
+        // A valid frame of an unknown operation code.
+        let unknown = (try? Frame(rawOperation: 0x7777, flags: [], requestID: 5, header: [], payload: []).encoded()) ?? []
+        // A valid APPEND frame whose header is not an AppendRequest.
+        let badHeader = (try? Frame(operation: .append, requestID: 6, header: [0xFF, 0xFF, 0xFF], payload: [1, 2, 3]).encoded()) ?? []
+        // A valid APPEND whose payload is not a record batch.
+        var header = Elasticstream_V1_AppendRequest()
+        header.streamID = 1
+        let badBatch = (try? Frame(operation: .append, requestID: 7, header: try header.serializedBytes(),
+                                   payload: Array(repeating: 0xAB, count: 200)).encoded()) ?? []
+        // A frame with its checksum broken.
+        var corrupted = (try? Frame(operation: .ping, requestID: 8, header: [], payload: []).encoded()) ?? []
+        if corrupted.count > 30 { corrupted[corrupted.count - 1] ^= 0xFF; corrupted[12] ^= 0x55 }
+        // A length prefix far over the limit.
+        let oversized: [UInt8] = [0xFF, 0xFF, 0xFF, 0x7F] + Array(repeating: 0, count: 60)
+        return [("random bytes", garbage), ("unknown operation", unknown), ("bad header", badHeader),
+                ("bad record batch", badBatch), ("broken checksum", corrupted), ("oversized length", oversized)]
+    }
+
+    /// Sends `bytes` on a new connection and says what came back: an error frame, a closed connection, or nothing.
+    static func probe(_ context: ShardContext, port: UInt16, _ bytes: [UInt8]) async throws -> String {
+        let connection = try await context.connect(host: "127.0.0.1", port: port)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(64 << 10, bytes.count), alignment: 8)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        // The server may close before it has read everything: a failed send is an answer too.
+        try? await connection.send(UnsafeRawBufferPointer(rebasing: buffer[..<bytes.count]))
+        var decoder = FrameDecoder()
+        var frames: [Frame] = []
+        let deadline = context.now + Duration.seconds(3)
+        var closed = false
+        while context.now < deadline && frames.isEmpty {
+            let (c, b) = (Box(connection), Box(buffer))
+            let n = (try? await context.withTimeout(.seconds(3)) { try await c.value.receive(into: b.value) }) ?? 0
+            if n == 0 { closed = true; break }
+            try? decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<n])) { frames.append($0) }
+        }
+        try? await connection.close()
+        if let error = frames.first(where: { $0.flags.contains(.error) }) {
+            let status = (try? error.header(as: Status.self)) ?? Status()
+            return "error frame \(status.code): \(status.message)"
+        }
+        return closed ? "closed" : "no answer (\(frames.count) frames)"
+    }
+}
+
+/// Appenders on one writer: `inFlight` tasks, each appending one 1 KiB record at a time, until told to stop.
+final class Load: @unchecked Sendable {
+    let writer: Box<StreamWriter>
+    let inFlight: Int
+    /// Added to record numbers, so two loads' records differ.
+    let offset: Int
+    var next = 0
+    var acked: [UInt64: Int] = [:]
+    var errors: [String] = []
+    var longest: Duration = .zero
+    var completions: [ContinuousClock.Instant] = []
+    var stopping = false
+    var tasks: [Task<Void, Error>] = []
+
+    struct Outcome: Sendable {
+        let acked: [UInt64: Int]
+        let stall: Duration
+        let before: Int
+        let after: Int
+        let failovers: Int
+        let errors: [String]
+    }
+
+    init(_ writer: StreamWriter, inFlight: Int, offset: Int) {
+        self.writer = Box(writer)
+        self.inFlight = inFlight
+        self.offset = offset
+    }
+
+    func start(on context: ShardContext) {
+        for _ in 0..<inFlight {
+            tasks.append(context.spawn {
+                while !self.stopping {
+                    let n = self.offset + self.next
+                    self.next += 1
+                    let started = ContinuousClock.now
+                    do {
+                        let at = try await self.writer.value.append([record(n, size: 1024)])
+                        self.acked[at] = n
+                    } catch {
+                        self.errors.append("\(error)")
+                        return
+                    }
+                    let now = ContinuousClock.now
+                    self.longest = max(self.longest, now - started)
+                    self.completions.append(now)
+                }
+            })
+        }
+    }
+
+    func finish(killedAt: ContinuousClock.Instant) async -> Outcome {
+        stopping = true
+        for task in tasks { _ = try? await task.value }
+        let end = ContinuousClock.now
+        let before = completions.filter { $0 < killedAt && $0 >= killedAt - .seconds(1) }.count
+        let after = completions.filter { $0 >= end - .seconds(1) }.count
+        let failovers = writer.value.failovers
+        await writer.value.close()
+        return Outcome(acked: acked, stall: longest, before: before, after: after, failovers: failovers, errors: errors)
     }
 }
