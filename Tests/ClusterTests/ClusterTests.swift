@@ -1,4 +1,4 @@
-import Client
+@testable import Client
 import Foundation
 import PlacementDriver
 import Platform
@@ -81,9 +81,7 @@ extension ClusterTests {
             let loads = [Load(try await client.openStream(wide), inFlight: 8, offset: 0),
                          Load(try await client.openStream(narrow), inFlight: 4, offset: 1_000_000)]
             // The victim holds a replica of the narrow stream's range: its writer must fail over.
-            let servers = loads[1].writer.value.ranges.last!.servers
-            let port = UInt16(servers[0].shardAddresses[0].split(separator: ":")[1])!
-            let victim = cluster.serverPorts.firstIndex(of: port)! + 1
+            let victim = cluster.node(of: loads[1].writer.value.ranges.last!.servers[0])!
             for load in loads { load.start(on: client.context) }
             try await client.context.sleep(for: .seconds(2))
             let killedAt = ContinuousClock.now
@@ -322,5 +320,143 @@ final class Load: @unchecked Sendable {
         let failovers = writer.value.failovers
         await writer.value.close()
         return Outcome(acked: acked, stall: longest, before: before, after: after, failovers: failovers, errors: errors)
+    }
+}
+
+extension ClusterTests {
+    /// A replica down while its range was written comes back, the range is sealed, and the replica copies the
+    /// records it missed from its peers: it then serves every record of the range itself, byte for byte.
+    @Test func aReplicaThatMissedRecordsRepairsFromItsPeers() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (description, records, address) = try await withClient(reactor, cluster) { box in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let writer = try await client.openStream(stream)
+            for n in 0..<50 { _ = try await writer.append([record(n, size: 512)]) }
+            let range = writer.ranges.last!
+            let lagging = cluster.node(of: range.servers[2])!
+            cluster.kill(lagging)
+            for n in 50..<120 { _ = try await writer.append([record(n, size: 512)]) }
+            try cluster.start(lagging)
+            try await waitForServers(client, 3)
+            // Closing seals the range at 120 on the placement driver and on every replica, the restarted one too.
+            await writer.close()
+            let address = cluster.serverAddress(lagging)
+            let direct = RPCClient(address: address, on: client.context)
+            var request = Elasticstream_V1_DescribeRangeRequest()
+            request.streamID = stream
+            request.rangeIndex = range.index
+            var description = Elasticstream_V1_DescribeRangeResponse()
+            let deadline = ContinuousClock.now + .seconds(15)
+            while ContinuousClock.now < deadline {
+                if case .success(let frame) = await direct.call(.describeRange, header: request, timeout: .seconds(2)),
+                   let answer = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self) {
+                    description = answer
+                    if answer.range.sealed && answer.confirmedOffset >= 120 { break }
+                }
+                try await client.context.sleep(for: .milliseconds(50))
+            }
+            // Every record, from the repaired replica alone.
+            var records: [ReadRecord] = []
+            var fetch = Elasticstream_V1_FetchRequest()
+            fetch.streamID = stream
+            fetch.rangeIndex = range.index
+            fetch.endOffset = 120
+            fetch.maxBytes = 1 << 20
+            while records.count < 120 {
+                fetch.startOffset = UInt64(records.count)
+                guard case .success(let frame) = await direct.call(.fetch, header: fetch, timeout: .seconds(2)) else { break }
+                let batch = (try? StreamReader.decode(frame, from: fetch.startOffset, below: 120)) ?? []
+                if batch.isEmpty { break }
+                records += batch
+            }
+            await direct.close()
+            return (description, records, address)
+        }
+        #expect(description.range.sealed && description.range.endOffset == 120, "\(address): \(description)")
+        #expect(description.confirmedOffset == 120, "the restarted replica holds \(description.confirmedOffset) of 120")
+        #expect(records.map { number($0.record) ?? -1 } == Array(0..<120))
+        #expect(records.allSatisfy { $0.record.value == record(Int($0.offset), size: 512).value })
+    }
+
+    /// With two shards per server, a request sent to the shard that does not own its range is forwarded over the
+    /// cross-shard rings and answered as if sent to the owner.
+    @Test func aRequestToTheWrongShardIsForwarded() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1, shards: 2)
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let outcome = try await withClient(reactor, cluster) { box -> (owner: Int, describe: UInt64?, fetched: Int, created: Bool) in
+            let client = box.value
+            try await waitForServers(client, 1)
+            let stream = try await client.createStream(replicas: 1, ackCount: 1).streamID
+            let writer = try await client.openStream(stream)
+            for n in 0..<20 { _ = try await writer.append([record(n)]) }
+            let range = writer.ranges.last!
+            let owner = RangeRouting.shard(streamID: stream, rangeIndex: range.index, shardCount: 2)
+            let wrong = RPCClient(address: cluster.serverAddress(1, shard: 1 - owner), on: client.context)
+            var describe = Elasticstream_V1_DescribeRangeRequest()
+            describe.streamID = stream
+            describe.rangeIndex = range.index
+            let described = await wrong.call(.describeRange, header: describe, timeout: .seconds(2))
+            let confirmed = (try? described.get().header(as: Elasticstream_V1_DescribeRangeResponse.self))?.confirmedOffset
+            var fetch = Elasticstream_V1_FetchRequest()
+            fetch.streamID = stream
+            fetch.rangeIndex = range.index
+            fetch.maxBytes = 1 << 20
+            let fetched = await wrong.call(.fetch, header: fetch, timeout: .seconds(2))
+            let records = (try? fetched.get()).flatMap { try? StreamReader.decode($0, from: 0, below: .max) } ?? []
+            // A range created through the wrong shard lives on its owner.
+            var create = Elasticstream_V1_CreateRangeRequest()
+            create.range.streamID = 9_999
+            create.range.index = 0
+            let otherOwner = RangeRouting.shard(streamID: 9_999, rangeIndex: 0, shardCount: 2)
+            let creator = RPCClient(address: cluster.serverAddress(1, shard: 1 - otherOwner), on: client.context)
+            _ = await creator.call(.createRange, header: create, timeout: .seconds(2))
+            let right = RPCClient(address: cluster.serverAddress(1, shard: otherOwner), on: client.context)
+            describe.streamID = 9_999
+            describe.rangeIndex = 0
+            let created = (try? await right.call(.describeRange, header: describe, timeout: .seconds(2)).get()) != nil
+            for rpc in [wrong, creator, right] { await rpc.close() }
+            await writer.close()
+            return (owner, confirmed, records.count, created)
+        }
+        #expect(outcome.describe == 20, "DESCRIBE_RANGE on the wrong shard: \(String(describing: outcome.describe))")
+        #expect(outcome.fetched == 20, "FETCH on the wrong shard returned \(outcome.fetched) records")
+        #expect(outcome.created, "CREATE_RANGE through the wrong shard did not reach the owner")
+    }
+
+    /// SIGTERM: the server reports itself offline to the placement driver, sends GOAWAY, drains and exits 0; a writer
+    /// of a 3-replica stream goes on without an error.
+    @Test func sigtermDrainsAndReportsOffline() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (status, state, outcome) = try await withClient(reactor, cluster) { box in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let load = Load(try await client.openStream(stream), inFlight: 4, offset: 0)
+            load.start(on: client.context)
+            try await client.context.sleep(for: .milliseconds(500))
+            let stopped = ContinuousClock.now
+            let status = cluster.terminate(3)
+            let cluster3 = try await client.describeCluster()
+            let server = cluster3.servers.first { cluster.node(of: $0) == 3 }
+            try await client.context.sleep(for: .milliseconds(500))
+            return (status, server?.state, await load.finish(killedAt: stopped))
+        }
+        #expect(status == 0, "exit status \(String(describing: status))")
+        #expect(state == .serverOffline, "the placement driver sees node 3 as \(String(describing: state))")
+        #expect(outcome.errors.isEmpty, "\(outcome.errors.prefix(3))")
+        #expect(cluster.log(3).contains("reported offline"))
     }
 }

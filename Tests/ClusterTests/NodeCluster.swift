@@ -4,6 +4,7 @@ import PlacementDriver
 import Reactor
 import Records
 import Testing
+import Wire
 
 /// Where `swift build` put the server: beside the test binary.
 func serverPath() -> String {
@@ -11,32 +12,45 @@ func serverPath() -> String {
         .appendingPathComponent("elastic-stream").path
 }
 
-/// Three `elastic-stream` nodes on loopback, each an embedded placement driver member and a range server with its own
-/// data directory. Three nodes share this machine's two cores, so they poll briefly and sleep.
+/// `elastic-stream` nodes on loopback (three by default), each an embedded placement driver member and a range
+/// server with its own data directory. Three nodes share this machine's two cores, so they poll briefly and sleep.
+/// With `shards: 2`, each node runs two shards (one per core), each listening on its own port.
 final class NodeCluster: @unchecked Sendable {
     let directory: String
+    let nodes: Int
+    let shards: Int
     let pdPorts: [UInt16]
+    /// The first shard's port of each node; shard i listens on it plus i.
     let serverPorts: [UInt16]
     private var processes: [Int: Process] = [:]
     private let lock = NSLock()
 
-    init() throws {
+    init(nodes: Int = 3, shards: Int = 1) throws {
+        self.nodes = nodes
+        self.shards = shards
         let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
         directory = "\(parent)/es-nodes-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let base = UInt16(30_000 + Int(getpid() % 1_000) * 8)
-        pdPorts = [base + 1, base + 2, base + 3]
-        serverPorts = [base + 4, base + 5, base + 6]
+        let base = 30_000 + Int(getpid() % 1_000) * 16 + Int.random(in: 0..<4) * 4_000
+        pdPorts = (0..<nodes).map { UInt16(base + 1 + $0) }
+        serverPorts = (0..<nodes).map { UInt16(base + 4 + $0 * shards) }
     }
 
     var pdAddresses: [String] { pdPorts.map { "127.0.0.1:\($0)" } }
-    func serverAddress(_ node: Int) -> String { "127.0.0.1:\(serverPorts[node - 1])" }
+    func serverAddress(_ node: Int, shard: Int = 0) -> String { "127.0.0.1:\(Int(serverPorts[node - 1]) + shard)" }
+
+    /// The node whose range server has `server`'s first shard address.
+    func node(of server: Elasticstream_V1_RangeServer) -> Int? {
+        guard let port = server.shardAddresses.first?.split(separator: ":").last.flatMap({ UInt16($0) }) else { return nil }
+        return serverPorts.firstIndex(of: port).map { $0 + 1 }
+    }
 
     func configuration(_ node: Int) -> String {
-        let members = (1...3).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1])\"" }.joined(separator: ", ")
+        let members = (1...nodes).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1])\"" }.joined(separator: ", ")
+        let cpus = shards == 1 ? "\((node - 1) % 2)" : (0..<shards).map { "\($0 % 2)" }.joined(separator: ", ")
         return """
             [reactor]
-            cpus = [\((node - 1) % 2)]
+            cpus = [\(cpus)]
             pin_threads = false
             poll_duration = "20us"
             buffer_count = 8
@@ -94,7 +108,7 @@ final class NodeCluster: @unchecked Sendable {
     }
 
     func startAll() throws {
-        for node in 1...3 { try start(node) }
+        for node in 1...nodes { try start(node) }
     }
 
     func kill(_ node: Int) {
@@ -116,7 +130,7 @@ final class NodeCluster: @unchecked Sendable {
     }
 
     func stopAll() {
-        for node in 1...3 { kill(node) }
+        for node in 1...nodes { kill(node) }
     }
 
     deinit {

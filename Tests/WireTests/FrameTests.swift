@@ -171,7 +171,7 @@ func decodeAll(_ bytes: [UInt8], splits: [Int], limits: FrameLimits = .default, 
     @Test func everyOperationHasADistinctCodeAndName() {
         #expect(Set(OperationCode.allCases.map(\.rawValue)).count == OperationCode.allCases.count)
         #expect(Set(OperationCode.allCases.map(\.description)).count == OperationCode.allCases.count)
-        #expect(OperationCode.allCases.count == 30)
+        #expect(OperationCode.allCases.count == 31)
     }
 
     @Test func framesOverTheLimitAreNotEncoded() {
