@@ -138,12 +138,12 @@ struct StoreSuite: FigureSuite {
         return cpus.prefix(Int(max(0, n))).map(Int.init)
     }
 
-    private struct AppendRun: Sendable {
+    struct AppendRun: Sendable {
         var latencies: [UInt64]
         var bytesPerSecond: Double
     }
 
-    private func configuration(_ directory: String, durability: WALConfiguration.Durability = .fdatasync,
+    func configuration(_ directory: String, durability: WALConfiguration.Durability = .fdatasync,
                                checkpointInterval: Int = 64 << 20) -> StoreConfiguration
     {
         StoreConfiguration(wal: WALConfiguration(directory: directory, segmentSizeBytes: 64 << 20,
@@ -156,7 +156,7 @@ struct StoreSuite: FigureSuite {
     /// `appenders` tasks, each appending one-record batches of `valueBytes` to its own range, until `totalBytes`.
     /// With `warmUp`, the same amount is appended, trimmed and checkpointed away first, untimed, so that the timed
     /// appends reuse segments (the steady state of a store with retention).
-    private func appendLatencies(_ reactor: Reactor, directory: String, appenders: Int, valueBytes: Int,
+    func appendLatencies(_ reactor: Reactor, directory: String, appenders: Int, valueBytes: Int,
                                  totalBytes: Int, durability: WALConfiguration.Durability = .fdatasync,
                                  checkpointInterval: Int = 64 << 20, crash: Bool = false, warmUp: Bool = false)
         async throws -> AppendRun
@@ -189,7 +189,7 @@ struct StoreSuite: FigureSuite {
     /// Every appender's batches are built before the clock starts (building a batch is the client's work); what is
     /// timed is what a range server does with one it receives: validate it and append it. Returns the latencies and
     /// the elapsed time.
-    private func appendPass(_ store: ShardBound<ShardStore>, appenders: Int, perAppender: Int, valueBytes: Int,
+    func appendPass(_ store: ShardBound<ShardStore>, appenders: Int, perAppender: Int, valueBytes: Int,
                             base: UInt64) async throws -> (latencies: [UInt64], seconds: Double) {
         let stride = valueBytes + 256
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: stride * perAppender * appenders, alignment: 8)

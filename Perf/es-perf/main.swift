@@ -13,12 +13,15 @@ let usage = """
       store      WAL appends (QD1, 64 appenders), hot and warm reads, recovery time (needs fio)
       pd         placement driver writes on 3 elastic-stream processes, beside etcd (needs etcd-server and
                  swift build -c release --product elastic-stream)
+      cluster    appends through the client SDK to 3 nodes (3 replicas, ack 2) and 1 node (1 replica), 1 KiB and
+                 64 KiB records, 1 and 64 streams, beside the store's own QD1 and Redis XADD with appendfsync always
+                 (needs redis-server and swift build -c release --product elastic-stream)
     options:
       --dir PATH   where the write benchmark puts its 256 MiB file (default: $TMPDIR or /var/tmp); ext4 or xfs
       --quick      fewer iterations (a smoke run; figures are noisier)
       --no-pin     do not pin shard threads to CPUs
       --only NAME  one group of figures: nop, hop, cross or write (reactor); qd1, throughput, read or recovery
-                   (store: the QD1 figures always run, the others use them)
+                   (store: the QD1 figures always run, the others use them); 1k or 64k (cluster)
       --config F   take the reactor's settings from the [reactor] table of F (needs at least two shards)
     """
 
@@ -59,6 +62,13 @@ case "pd":
         try await PDSuite(options: options).run()
     } catch {
         FileHandle.standardError.write(Data("es-perf pd: \(error)\n".utf8))
+        exit(1)
+    }
+case "cluster":
+    do {
+        try await ClusterSuite(options: options).run()
+    } catch {
+        FileHandle.standardError.write(Data("es-perf cluster: \(error)\n".utf8))
         exit(1)
     }
 case "codec":
