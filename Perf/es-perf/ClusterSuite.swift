@@ -5,6 +5,7 @@ import PlacementDriver
 import Platform
 import Reactor
 import Records
+import Store
 
 /// `es-perf cluster`: appends through the client SDK to `elastic-stream` nodes on loopback (three nodes, 3 replicas
 /// acknowledged at 2; and one node, 1 replica), for 1 KiB and 64 KiB records, one stream and 64 streams; beside, in
@@ -48,6 +49,11 @@ struct ClusterSuite: FigureSuite {
                 reactor, directory: "\(root)/store-\(label)", appenders: 1, valueBytes: size,
                 totalBytes: qd1Count * size)
 
+            // Three stores on this disk, in this process: one append to each at once, timed to the second to finish
+            // (what a 3-replica, ack-2 append waits for, without the network and the other processes).
+            let triple = try await Self.secondOfThree(reactor, suite: StoreSuite(options: options),
+                                                      root: "\(root)/triple-\(label)", valueBytes: size, rounds: qd1Count)
+
             var three = (qd1: Load(), one: Load(), many: Load())
             var single = (qd1: Load(), one: Load(), many: Load())
             for (nodes, replicas) in [(3, 3), (1, 1)] {
@@ -73,6 +79,12 @@ struct ClusterSuite: FigureSuite {
                 emit("append_\(label)_1r_qd1_\(name)_us", percentile(single.qd1.latencies, p) / 1000, "us", .lower,
                      "the store's own QD1 append of \(size) B, in process, \(name)", percentile(store.latencies, p) / 1000)
             }
+            emit("append_\(label)_3r_qd1_p999_vs_3stores_us", percentile(three.qd1.latencies, 99.9) / 1000, "us", .lower,
+                 "3 stores on the same disk in one process, one \(size) B append to each at once, the second to finish: p99.9",
+                 percentile(triple, 99.9) / 1000)
+            emit("append_\(label)_3r_qd1_p50_vs_3stores_us", percentile(three.qd1.latencies, 50) / 1000, "us", .lower,
+                 "3 stores on the same disk in one process, one \(size) B append to each at once, the second to finish: p50",
+                 percentile(triple, 50) / 1000)
             emit("append_\(label)_3r_qd1_p999_vs_1r_us", percentile(three.qd1.latencies, 99.9) / 1000, "us", .lower,
                  "the same QD1 appends on 1 replica (one node), p99.9", percentile(single.qd1.latencies, 99.9) / 1000)
             emit("append_\(label)_3r_qd1_p99_vs_redis_us", percentile(three.qd1.latencies, 99) / 1000, "us", .lower,
@@ -90,6 +102,47 @@ struct ClusterSuite: FigureSuite {
                  "the same load on 1 replica (one node)", single.one.recordsPerSecond)
             emit("append_\(label)_3r_1stream_p999_us", percentile(three.one.latencies, 99.9) / 1000, "us", .lower,
                  "the same load on 1 replica (one node), p99.9", percentile(single.one.latencies, 99.9) / 1000)
+        }
+    }
+
+    /// `rounds` rounds of one append to each of three stores (three WALs, three fdatasyncs) at once: the time to the
+    /// second completion, sorted.
+    static func secondOfThree(_ reactor: Reactor, suite: StoreSuite, root: String, valueBytes: Int, rounds: Int)
+        async throws -> [UInt64]
+    {
+        let configurations = (0..<3).map { suite.configuration("\(root)/\($0)") }
+        return try await reactor.run(on: 0) { context -> [UInt64] in
+            var stores: [ShardBound<ShardStore>] = []
+            for configuration in configurations {
+                let store = try await ShardStore.open(configuration, on: context)
+                try await store.createRange(RangeKey(streamID: 1, index: 0), start: 0)
+                stores.append(ShardBound(store))
+            }
+            let value = [UInt8](repeating: 0x5A, count: valueBytes)
+            var samples: [UInt64] = []
+            samples.reserveCapacity(rounds)
+            for round in 0..<rounds {
+                let batch = try RecordBatch(streamID: 1, rangeIndex: 0, baseOffset: UInt64(round), baseTimestamp: 0,
+                                            records: [Record(timestamp: 0, value: value)]).encoded()
+                let bytes = ShardBound(batch)
+                final class Finish { var times: [UInt64] = [] }
+                let finish = ShardBound(Finish())
+                let t0 = cs_monotonic_ns()
+                var tasks: [Task<Void, Error>] = []
+                for store in stores {
+                    tasks.append(context.spawn {
+                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.value.count, alignment: 8)
+                        defer { buffer.deallocate() }
+                        buffer.copyBytes(from: bytes.value)
+                        _ = try await store.value.append(RecordBatchView(alreadyValidated: UnsafeRawBufferPointer(buffer)))
+                        finish.value.times.append(cs_monotonic_ns() - t0)
+                    })
+                }
+                for task in tasks { try await task.value }
+                samples.append(finish.value.times.sorted()[1])
+            }
+            for store in stores { await store.value.close() }
+            return samples.sorted()
         }
     }
 
@@ -182,7 +235,8 @@ final class NodeGroup: @unchecked Sendable {
         self.directory = directory
         self.nodes = nodes
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let base = UInt16(40_000 + Int(getpid() % 500) * 11)
+        // Below Linux's ephemeral ports (32768 and up).
+        let base = UInt16(22_000 + Int(getpid() % 400) * 12)
         pdPorts = (0..<nodes).map { base + 1 + UInt16($0) }
         let members = (1...nodes).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1])\"" }.joined(separator: ", ")
         for node in 1...nodes {
@@ -261,7 +315,7 @@ enum Redis {
     /// (one request in flight each), and stops it.
     static func xadd(directory: String, valueBytes: Int, clients: Int, requests: Int) throws -> Run {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let port = 45_000 + Int(getpid() % 500) * 3 + (clients == 1 ? 0 : 1)
+        let port = 31_000 + Int(getpid() % 500) * 3 + (clients == 1 ? 0 : 1)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
         server.arguments = ["--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--appendonly", "yes",

@@ -328,6 +328,10 @@ public final class StreamWriter {
         } catch {
             throw .invalidArgument("the records do not form a valid batch: \(error)")
         }
+        guard bytes.count + appendHeader.count + 32 <= FrameLimits.default.maxFrameBytes else {
+            throw .invalidArgument("a batch of \(bytes.count) bytes is over the frame limit of "
+                                   + "\(FrameLimits.default.maxFrameBytes) bytes: append fewer or smaller records")
+        }
         nextOffset += UInt64(records.count)
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, ClientError>, Never>) in
             entries.append(Entry(base: base, end: base + UInt64(records.count), bytes: bytes, continuation: continuation))
@@ -337,14 +341,25 @@ public final class StreamWriter {
         return try result.get()
     }
 
-    /// Sends the entry at `position` of `entries` to every healthy replica.
+    /// Sends the entry at `position` of `entries` to every healthy replica: the frame is encoded (and checksummed)
+    /// once; each replica's copy differs only in its request id.
     private func send(_ position: Int) {
         let generation = generation
         let size = entries[position].bytes.count
+        let wire: [UInt8]
+        do {
+            wire = try entries[position].bytes.withUnsafeBytes { raw in
+                try Frame.encodeRequest(operation: .append, requestID: 0, header: appendHeader, payload: raw)
+            }
+        } catch {
+            // `append` refuses batches over the frame limit, so this does not happen; if it did, nothing is sent
+            // and the writer stops rather than leave a gap in the offsets.
+            fail(.invalidArgument("the batch does not fit in a frame: \(error)"))
+            return
+        }
         for (i, replica) in replicas.enumerated() where !replica.failed {
             replica.unanswered += size
-            client.server(replica.address).send(.append, headerBytes: appendHeader, payload: entries[position].bytes,
-                                                timeout: configuration.appendTimeout) { [self] result in
+            client.server(replica.address).send(wire: wire, timeout: configuration.appendTimeout) { [self] result in
                 answered(i, generation: generation, size: size, result)
             }
         }

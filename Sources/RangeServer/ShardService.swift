@@ -212,12 +212,12 @@ final class ShardService {
     private func append(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_AppendRequest.self)
         let key = RangeKey(streamID: request.streamID, index: request.rangeIndex)
-        let payload = Array(frame.payload)
-        guard !payload.isEmpty else { throw Refusal(.badRequest, "an append carries at least one record batch") }
+        let payloadCount = frame.withPayload { $0.count }
+        guard payloadCount > 0 else { throw Refusal(.badRequest, "an append carries at least one record batch") }
         // The store may hold the bytes across a wait for room in the log: they live in one buffer until it answers.
-        let stable = UnsafeMutableRawBufferPointer.allocate(byteCount: payload.count, alignment: 8)
+        let stable = UnsafeMutableRawBufferPointer.allocate(byteCount: payloadCount, alignment: 8)
         defer { stable.deallocate() }
-        stable.copyBytes(from: payload)
+        frame.withPayload { stable.copyMemory(from: $0) }
         let raw = UnsafeRawBufferPointer(stable)
         // Validate every batch before storing any of them.
         var batches: [RecordBatchView] = []
@@ -245,7 +245,7 @@ final class ShardService {
                 throw Refusal(.rangeNotFound, "no replica of \(key) here")
             }
         }
-        appendedBytes += UInt64(payload.count)
+        appendedBytes += UInt64(payloadCount)
         wake(key)
         var response = Elasticstream_V1_AppendResponse()
         response.confirmedOffset = confirmed

@@ -9,7 +9,7 @@ public final class FrameConnection {
     public let context: ShardContext
     public let maxQueuedBytes: Int
     public let limits: FrameLimits
-    private var queue: [[UInt8]] = []
+    private var queue: [OutgoingBytes] = []
     public private(set) var queuedBytes = 0
     private var writing = false
     public private(set) var closed = false
@@ -27,10 +27,27 @@ public final class FrameConnection {
     /// Queues a frame; false when the connection is closed or its queue is full (the frame is dropped).
     @discardableResult
     public func send(_ frame: Frame) -> Bool {
-        guard !closed, let bytes = try? frame.encoded(limits: limits) else { return false }
-        guard queuedBytes + bytes.count <= maxQueuedBytes else { return false }
+        guard !closed, frame.encodedSize <= limits.maxFrameBytes else { return false }
+        let bytes = OutgoingBytes(count: frame.encodedSize)
+        guard (try? frame.encode(into: bytes.buffer, limits: limits)) != nil else { return false }
+        return enqueue(bytes)
+    }
+
+    /// Queues a copy of encoded wire bytes with `requestID` written into them; false when the connection is closed
+    /// or its queue is full.
+    @discardableResult
+    public func send(wire: [UInt8], requestID: UInt64) -> Bool {
+        guard !closed, wire.count >= FrameLayout.size else { return false }
+        let bytes = OutgoingBytes(count: wire.count)
+        bytes.buffer.copyBytes(from: wire)
+        bytes.buffer.storeBytes(of: requestID.bigEndian, toByteOffset: 12, as: UInt64.self)
+        return enqueue(bytes)
+    }
+
+    private func enqueue(_ bytes: OutgoingBytes) -> Bool {
+        guard queuedBytes + bytes.buffer.count <= maxQueuedBytes else { return false }
         queue.append(bytes)
-        queuedBytes += bytes.count
+        queuedBytes += bytes.buffer.count
         if !writing {
             writing = true
             let this = ShardBound(self)
@@ -43,21 +60,27 @@ public final class FrameConnection {
         while !queue.isEmpty && !closed {
             let batch = queue
             queue = []
-            let total = batch.reduce(0) { $0 + $1.count }
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 8)
-            var offset = 0
-            for bytes in batch {
-                UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + bytes.count)]).copyBytes(from: bytes)
-                offset += bytes.count
+            let total = batch.reduce(0) { $0 + $1.buffer.count }
+            // One frame goes out from its own buffer; several are gathered into one (one send).
+            let gathered: OutgoingBytes
+            if batch.count == 1 {
+                gathered = batch[0]
+            } else {
+                gathered = OutgoingBytes(count: total)
+                var offset = 0
+                for bytes in batch {
+                    (gathered.buffer.baseAddress! + offset).copyMemory(from: bytes.buffer.baseAddress!,
+                                                                       byteCount: bytes.buffer.count)
+                    offset += bytes.buffer.count
+                }
             }
             let sent: Bool
             do {
-                try await connection.send(UnsafeRawBufferPointer(buffer))
+                try await connection.send(UnsafeRawBufferPointer(gathered.buffer))
                 sent = true
             } catch {
                 sent = false
             }
-            buffer.deallocate()
             queuedBytes -= total
             if !sent {
                 writing = false
@@ -112,3 +135,15 @@ public final class FrameConnection {
 
 @available(*, unavailable)
 extension FrameConnection: Sendable {}
+
+/// Bytes queued for sending, in memory that does not move until they are sent.
+final class OutgoingBytes {
+    let buffer: UnsafeMutableRawBufferPointer
+
+    init(count: Int) {
+        precondition(count > 0, "an empty frame")
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+    }
+
+    deinit { buffer.deallocate() }
+}

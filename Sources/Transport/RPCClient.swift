@@ -41,8 +41,8 @@ public final class RPCClient {
     public let maxQueuedBytes: Int
     private var connection: FrameConnection?
     private var connecting = false
-    /// Frames of calls made while connecting, in call order.
-    private var unsent: [Frame] = []
+    /// Wire bytes of calls made while connecting, in call order, with their request ids.
+    private var unsent: [(wire: [UInt8], id: UInt64)] = []
     private var pending: [UInt64: (callback: (Result<Frame, CallError>) -> Void, deadline: Instant)] = [:]
     private var nextRequestID: UInt64 = 1
     private var sweeping = false
@@ -89,13 +89,28 @@ public final class RPCClient {
     public func send(_ operation: OperationCode, headerBytes: [UInt8], payload: [UInt8], timeout: Duration,
                      completion: @escaping (Result<Frame, CallError>) -> Void)
     {
+        let wire: [UInt8]
+        do {
+            wire = try payload.withUnsafeBytes { raw in
+                try Frame.encodeRequest(operation: operation, requestID: 0, header: headerBytes, payload: raw,
+                                        limits: limits)
+            }
+        } catch {
+            completion(.failure(.malformed("the request does not encode: \(error)")))
+            return
+        }
+        send(wire: wire, timeout: timeout, completion: completion)
+    }
+
+    /// Sends a request already encoded (`Frame.encodeRequest`, any request id): several servers can be sent the same
+    /// bytes, each copy getting its own request id. Completion as for `send`.
+    public func send(wire: [UInt8], timeout: Duration, completion: @escaping (Result<Frame, CallError>) -> Void) {
         guard !closedForGood else {
             completion(.failure(.unreachable(address: address, detail: "the client is closed")))
             return
         }
         let id = nextRequestID
         nextRequestID += 1
-        let frame = Frame(operation: operation, requestID: id, header: headerBytes, payload: payload)
         pending[id] = ({ result in
             switch result {
             case .success(let answer) where answer.flags.contains(.error):
@@ -107,11 +122,11 @@ public final class RPCClient {
         }, context.now + timeout)
         startSweeping()
         if let connection, !connection.closed {
-            if !connection.send(frame) {
+            if !connection.send(wire: wire, requestID: id) {
                 resolve(id, .failure(.unreachable(address: address, detail: "the send queue is full or closed")))
             }
         } else {
-            unsent.append(frame)
+            unsent.append((wire, id))
             connect()
         }
     }
@@ -163,8 +178,8 @@ public final class RPCClient {
         goingAway = false
         let queued = unsent
         unsent = []
-        for frame in queued where !framed.send(frame) {
-            resolve(frame.requestID, .failure(.unreachable(address: address, detail: "the send queue is full")))
+        for (wire, id) in queued where !framed.send(wire: wire, requestID: id) {
+            resolve(id, .failure(.unreachable(address: address, detail: "the send queue is full")))
         }
         let bound = ShardBound((self, framed))
         context.spawn {
@@ -183,7 +198,7 @@ public final class RPCClient {
         guard connection === framed else { return }
         connection = nil
         // Calls sent on it get no answer now; calls queued since wait for the next connection.
-        let unsentIDs = Set(unsent.map(\.requestID))
+        let unsentIDs = Set(unsent.map(\.id))
         for id in pending.keys where !unsentIDs.contains(id) {
             resolve(id, .failure(.unreachable(address: address, detail: "the connection closed")))
         }
@@ -191,9 +206,9 @@ public final class RPCClient {
     }
 
     private func failUnsent(_ error: CallError) {
-        let frames = unsent
+        let calls = unsent
         unsent = []
-        for frame in frames { resolve(frame.requestID, .failure(error)) }
+        for call in calls { resolve(call.id, .failure(error)) }
     }
 
     private func startSweeping() {

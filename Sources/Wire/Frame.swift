@@ -234,3 +234,37 @@ public enum FrameHeaderCodec {
         b.storeBytes(of: checksum.bigEndian, toByteOffset: FrameLayout.checksum, as: UInt64.self)
     }
 }
+
+extension Frame {
+    /// The wire bytes of a request built in one allocation (the payload copied once, checksummed once), for senders
+    /// that do not need a `Frame` value: the writer's appends.
+    public static func encodeRequest(operation: OperationCode, requestID: UInt64, header: [UInt8],
+                                     payload: UnsafeRawBufferPointer, limits: FrameLimits = .default)
+        throws(WireError) -> [UInt8]
+    {
+        let bodyLength = header.count + payload.count
+        let total = FrameLayout.size + bodyLength
+        guard total <= limits.maxFrameBytes else { throw .encodeTooLarge(bytes: total, limit: limits.maxFrameBytes) }
+        guard header.count <= limits.maxHeaderBytes else {
+            throw .headerTooLarge(length: header.count, limit: limits.maxHeaderBytes)
+        }
+        return [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            let body = raw.baseAddress! + FrameLayout.size
+            header.withUnsafeBytes { if !$0.isEmpty { body.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+            if !payload.isEmpty { (body + header.count).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+            FrameHeaderCodec.write(into: raw, operation: operation.rawValue, flags: [], requestID: requestID,
+                                   headerLength: header.count, checksum: cs_xxh3_64(body, bodyLength, 0),
+                                   bodyLength: bodyLength)
+            count = total
+        }
+    }
+
+    /// Sets the request id of encoded wire bytes (the checksum covers header and payload only, so it stays valid).
+    public static func setRequestID(_ id: UInt64, in wire: inout [UInt8]) {
+        precondition(wire.count >= FrameLayout.size, "not a frame")
+        wire.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: id.bigEndian, toByteOffset: FrameLayout.requestID, as: UInt64.self)
+        }
+    }
+}

@@ -31,7 +31,8 @@ final class NodeCluster: @unchecked Sendable {
         let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
         directory = "\(parent)/es-nodes-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let base = 30_000 + Int(getpid() % 1_000) * 16 + Int.random(in: 0..<4) * 4_000
+        // Below Linux's ephemeral ports (32768 and up), so that no outgoing connection can hold a node's port.
+        let base = 12_000 + Int(getpid() % 500) * 20
         pdPorts = (0..<nodes).map { UInt16(base + 1 + $0) }
         serverPorts = (0..<nodes).map { UInt16(base + 4 + $0 * shards) }
     }
