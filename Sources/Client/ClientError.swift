@@ -58,8 +58,10 @@ public struct ClientConfiguration: Sendable {
     public var placementDriverTimeout: Duration = .seconds(10)
     /// A replica that does not confirm an append within this is treated as failed.
     public var appendTimeout: Duration = .seconds(3)
-    /// Appends in flight per stream (acknowledged or not by every replica): past it, `append` waits.
-    public var maxInFlightAppends = 4096
+    /// Appends not yet acknowledged per stream: past it, `append` waits.
+    public var maxInFlightAppends = 1024
+    /// The largest batch one append may be (the range servers' default log entry limit is about 1 MiB).
+    public var maxBatchBytes = 1_000_000
     /// Bytes of appends not yet acknowledged per stream: past it, `append` waits.
     public var maxInFlightBytes = 64 << 20
     /// A replica this many bytes behind the acknowledged end makes the writer move to a new range.

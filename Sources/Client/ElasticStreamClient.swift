@@ -37,11 +37,6 @@ public final class ElasticStreamClient {
         return client
     }
 
-    /// A connection that failed is made again on next use; one whose server said GOAWAY is replaced.
-    func refresh(_ address: String) async {
-        if let client = servers.removeValue(forKey: address) { await client.close() }
-    }
-
     /// The address of the shard of `server` that owns the range.
     static func address(of server: Elasticstream_V1_RangeServer, for range: RangeRecord) -> String? {
         guard !server.shardAddresses.isEmpty else { return nil }

@@ -113,7 +113,6 @@ final class StreamReader {
                         throw .offsetOutOfRange("offset \(offset) of stream \(streamID) was trimmed")
                     }
                     preferred[range.index] = (which + 1) % servers.count
-                    if case .unreachable = error { await client.refresh(address) }
                 }
             }
             if retry { continue }

@@ -41,6 +41,9 @@ public final class StreamWriter {
     private var closed = false
     /// Ranges this writer moved on from because replicas failed or lagged.
     public private(set) var failovers = 0
+    private var fruitlessFailovers = 0
+    private var lastFailoverEnd: UInt64 = .max
+    private var lastFailoverReason = "" 
 
     final class Replica {
         let server: Elasticstream_V1_RangeServer
@@ -84,8 +87,7 @@ public final class StreamWriter {
         request.streamID = id
         let opened = try await client.call(.openStream, request, as: Elasticstream_V1_OpenStreamResponse.self)
         let writer = StreamWriter(stream: opened.stream, ranges: opened.ranges, client: client)
-        let bound = ShardBound(writer)
-        writer.reader.openRangeLimit = { bound.value.acknowledgedEnd }
+        writer.reader.openRangeLimit = { [weak writer] in writer?.acknowledgedEnd ?? 0 }
         try await writer.takeOver()
         return writer
     }
@@ -239,7 +241,7 @@ public final class StreamWriter {
                 var ok = false
                 switch answer {
                 case .success: ok = true
-                case .failure(.refused(.rangeAlreadyExists, _)): ok = true
+                case .failure(.refused(.epochFenced, let message)): throw .fenced(message)
                 default: ok = false
                 }
                 fresh.append(Replica(server: range.servers[i], address: addresses[i], confirmed: start, failed: !ok))
@@ -268,7 +270,8 @@ public final class StreamWriter {
         header.streamID = streamID
         header.rangeIndex = range.index
         header.epoch = epoch
-        header.timeoutMs = UInt32(configuration.appendTimeout.components.seconds * 1000)
+        header.timeoutMs = UInt32(clamping: configuration.appendTimeout.components.seconds * 1000
+            + configuration.appendTimeout.components.attoseconds / 1_000_000_000_000_000)
         appendHeader = (try? header.serializedBytes()) ?? []
     }
 
@@ -328,9 +331,9 @@ public final class StreamWriter {
         } catch {
             throw .invalidArgument("the records do not form a valid batch: \(error)")
         }
-        guard bytes.count + appendHeader.count + 32 <= FrameLimits.default.maxFrameBytes else {
-            throw .invalidArgument("a batch of \(bytes.count) bytes is over the frame limit of "
-                                   + "\(FrameLimits.default.maxFrameBytes) bytes: append fewer or smaller records")
+        guard bytes.count <= configuration.maxBatchBytes else {
+            throw .invalidArgument("a batch of \(bytes.count) bytes is over the limit of \(configuration.maxBatchBytes) "
+                                   + "bytes: append fewer or smaller records")
         }
         nextOffset += UInt64(records.count)
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, ClientError>, Never>) in
@@ -375,6 +378,9 @@ public final class StreamWriter {
                 replica.confirmed = max(replica.confirmed, response.confirmedOffset)
             }
             advance()
+        case .failure(.refused(.epochFenced, let message)):
+            // A newer writer fenced this range: stop at once (a failover would be refused too).
+            fail(.fenced(message))
         case .failure(let error):
             guard !replica.failed else { return }
             replica.failed = true
@@ -408,9 +414,13 @@ public final class StreamWriter {
             head = 0
         }
         wakeRoomWaiters()
-        for replica in replicas where !replica.failed && replica.unanswered > configuration.maxReplicaLagBytes {
+        // A replica lags when it has this much more unanswered than the replicas that make the acknowledgements.
+        let healthy = replicas.filter { !$0.failed }
+        guard healthy.count >= ackCount else { return }
+        let reference = healthy.map(\.unanswered).sorted()[ackCount - 1]
+        for replica in healthy where replica.unanswered - reference > configuration.maxReplicaLagBytes {
             replica.failed = true
-            startFailover("replica \(replica.server.serverID) lags by \(replica.unanswered) bytes")
+            startFailover("replica \(replica.server.serverID) lags by \(replica.unanswered - reference) bytes")
             return
         }
     }
@@ -427,6 +437,7 @@ public final class StreamWriter {
     private func startFailover(_ reason: String) {
         guard !failingOver, fatal == nil else { return }
         failingOver = true
+        lastFailoverReason = reason
         failovers += 1
         logger.warning("moving the stream to a new range", metadata: [
             "stream": "\(streamID)", "range": "\(ranges.last?.index ?? 0)", "reason": "\(reason)",
@@ -440,8 +451,18 @@ public final class StreamWriter {
     /// yet acknowledged into it (same offsets, in order).
     private func failover() async {
         let deadline = context.now + configuration.failoverTimeout
-        guard let current = ranges.last else { return }
+        guard let current = ranges.last else {
+            fail(.unavailable("the writer knows no range to move on from"))
+            return
+        }
         let end = acknowledgedEnd
+        // Failovers that acknowledge nothing in between (a refusal every replica repeats) must not go on forever.
+        fruitlessFailovers = end == lastFailoverEnd ? fruitlessFailovers + 1 : 0
+        lastFailoverEnd = end
+        guard fruitlessFailovers < 5 else {
+            fail(.unavailable("five new ranges in a row acknowledged nothing; the last reason: \(lastFailoverReason)"))
+            return
+        }
         let failed = Set(replicas.filter(\.failed).map(\.server.serverID))
         do {
             let sealed = try await sealAtPlacementDriver(current, at: end, until: deadline)

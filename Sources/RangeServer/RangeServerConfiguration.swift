@@ -65,7 +65,7 @@ public struct RangeServerConfiguration: Sendable, Hashable {
                 }
                 placementDriver = addresses
             case "heartbeat_interval": heartbeatInterval = try PDConfiguration.duration(value, place)
-            case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (1 << 20)...(1 << 34))
+            case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 34))
             case "cache_bytes": cacheBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 36))
             case "checkpoint_interval_bytes":
                 checkpointIntervalBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 40))
@@ -73,7 +73,7 @@ public struct RangeServerConfiguration: Sendable, Hashable {
                 maxRequestsPerConnection = try PDConfiguration.integer(value, place, in: 1...1_000_000)
             case "max_bytes_per_connection":
                 maxBytesPerConnection = try PDConfiguration.integer(value, place, in: (1 << 20)...(1 << 34))
-            case "max_frame_bytes": maxFrameBytes = try PDConfiguration.integer(value, place, in: (64 << 10)...(1 << 30))
+            case "max_frame_bytes": maxFrameBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 30))
             case "drain_timeout": drainTimeout = try PDConfiguration.duration(value, place)
             case "max_fetch_wait": maxFetchWait = try PDConfiguration.duration(value, place)
             default: throw Invalid(description: "\(file): unknown key '\(key)' in [server]")

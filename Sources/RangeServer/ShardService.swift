@@ -36,6 +36,8 @@ final class ShardService {
     private var peers: [String: RPCClient] = [:]
     /// Appended bytes since the last heartbeat (the load the server reports).
     var appendedBytes: UInt64 = 0
+    /// Epochs that fenced ranges here (on disk).
+    let fences: FenceTable
 
     init(index: Int, context: ShardContext, store: ShardStore, listener: TCPListener,
          configuration: RangeServerConfiguration) {
@@ -44,6 +46,7 @@ final class ShardService {
         self.store = store
         self.listener = listener
         self.configuration = configuration
+        fences = FenceTable(path: "\(configuration.dataDirectory)/fences-\(index)", context: context)
         var logger = Logger(label: "elastic-stream.range-server")
         logger[metadataKey: "shard"] = "\(index)"
         self.logger = logger
@@ -70,7 +73,7 @@ final class ShardService {
                 try? await connection.close()
                 return
             }
-            let framed = FrameConnection(connection, context: context, limits: limits)
+            let framed = FrameConnection(connection, context: context, limits: limits, receiveBufferBytes: 256 << 10)
             connections[ObjectIdentifier(framed)] = framed
             let bound = ShardBound((self, framed))
             context.spawn { await bound.value.0.serve(bound.value.1) }
@@ -99,7 +102,13 @@ final class ShardService {
             self.context.spawn {
                 let (service, connection, counters) = bound.value
                 let response = await service.route(frame)
-                connection.send(response)
+                if !connection.send(response) && !connection.closed {
+                    // An answer that cannot be queued (over the frame limit, or the peer reads too slowly): the
+                    // client would wait for nothing, so the connection is closed and its calls fail at once.
+                    service.logger.warning("an answer could not be sent; closing the connection",
+                                           metadata: ["peer": "\(connection.peer)", "bytes": "\(response.encodedSize)"])
+                    await connection.close()
+                }
                 counters.value.requests -= 1
                 counters.value.bytes -= size
                 service.inFlight -= 1
@@ -212,6 +221,7 @@ final class ShardService {
     private func append(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_AppendRequest.self)
         let key = RangeKey(streamID: request.streamID, index: request.rangeIndex)
+        try checkEpoch(request.epoch, of: key)
         let payloadCount = frame.withPayload { $0.count }
         guard payloadCount > 0 else { throw Refusal(.badRequest, "an append carries at least one record batch") }
         // The store may hold the bytes across a wait for room in the log: they live in one buffer until it answers.
@@ -296,7 +306,9 @@ final class ShardService {
         var payload: [UInt8] = []
         var next = request.startOffset
         if request.startOffset < min(Self.readable(description), bound) {
-            let batches = try await store.read(key, from: request.startOffset, maxBytes: max(Int(request.maxBytes), 1))
+            // The answer must fit in a frame.
+            let budget = min(max(Int(request.maxBytes), 1), configuration.maxFrameBytes - (64 << 10))
+            let batches = try await store.read(key, from: request.startOffset, maxBytes: budget)
             for batch in batches {
                 let base = batch.withUnsafeBytes { RecordBatchView(alreadyValidated: $0).baseOffset }
                 let end = batch.withUnsafeBytes { RecordBatchView(alreadyValidated: $0).endOffset }
@@ -325,6 +337,7 @@ final class ShardService {
     private func createRange(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_CreateRangeRequest.self)
         let key = RangeKey(streamID: request.range.streamID, index: request.range.index)
+        try checkEpoch(request.epoch, of: key)
         do {
             try await store.createRange(key, start: request.range.startOffset)
         } catch .rangeConflict(_, let detail) {
@@ -353,6 +366,12 @@ final class ShardService {
             }
             range.endOffset = end
         } else {
+            // The fence is on disk before it is answered; a range not created here yet is fenced too.
+            do {
+                try await fences.fence(key, epoch: request.epoch)
+            } catch {
+                throw Refusal(.storageFailed, "the fence of \(key) could not be written: \(error)")
+            }
             guard store.describe(key) != nil else { throw Refusal(.rangeNotFound, "no replica of \(key) here") }
             range.endOffset = try await store.fence(key)
             range.sealed = false
@@ -361,6 +380,14 @@ final class ShardService {
         var response = Elasticstream_V1_SealRangeResponse()
         response.range = range
         return try Frame(responseTo: frame, header: response)
+    }
+
+    /// Refuses a request of a writer older than the one that fenced the range.
+    private func checkEpoch(_ epoch: UInt64, of key: RangeKey) throws(Refusal) {
+        let fenced = fences.epoch(of: key)
+        guard epoch >= fenced else {
+            throw Refusal(.epochFenced, "\(key) was fenced by a writer of epoch \(fenced); this one has epoch \(epoch)")
+        }
     }
 
     private func describeRange(_ frame: Frame) throws -> Frame {
@@ -524,6 +551,7 @@ final class ShardService {
         for (_, entry) in waiting { entry.continuation.resume() }
         waiting = [:]
         waiters = [:]
+        await fences.close()
         await store.close()
     }
 }

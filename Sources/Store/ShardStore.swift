@@ -237,11 +237,15 @@ public final class ShardStore {
         }
         if base < range.pendingEnd { return .pending }
         if base > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
+        // Refused before it is counted as in flight: appends placed before it must still be waited for.
+        let limit = wal.configuration.maxEntryPayloadBytes
+        guard batch.bytes.count <= limit else { throw .entryTooLarge(bytes: batch.bytes.count, limit: limit) }
         range.pendingEnd = batch.endOffset
         do {
             _ = try await wal.append(.append, batch.bytes)
         } catch {
-            range.pendingEnd = range.confirmedEnd
+            // Only this append and those after it are lost (the WAL stops on a write failure).
+            range.pendingEnd = min(range.pendingEnd, base)
             range.settled()
             throw error
         }
@@ -296,11 +300,13 @@ public final class ShardStore {
         guard batch.endOffset <= sealed else { return .sealed(end: sealed) }
         if batch.baseOffset < range.pendingEnd { return .pending }
         if batch.baseOffset > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
+        let limit = wal.configuration.maxEntryPayloadBytes
+        guard batch.bytes.count <= limit else { throw .entryTooLarge(bytes: batch.bytes.count, limit: limit) }
         range.pendingEnd = batch.endOffset
         do {
             _ = try await wal.append(.append, batch.bytes)
         } catch {
-            range.pendingEnd = range.confirmedEnd
+            range.pendingEnd = min(range.pendingEnd, batch.baseOffset)
             range.settled()
             throw error
         }
@@ -310,6 +316,9 @@ public final class ShardStore {
 
     /// Every range replica on this shard.
     public var rangeKeys: [RangeKey] { Array(ranges.keys) }
+
+    /// The largest record batch an append may carry.
+    public var maxBatchBytes: Int { wal.configuration.maxEntryPayloadBytes }
 
     /// Drops records below `offset` (rounded down to a batch boundary).
     public func trim(_ key: RangeKey, below offset: UInt64) async throws(StoreError) {

@@ -14,12 +14,16 @@ public final class FrameConnection {
     private var writing = false
     public private(set) var closed = false
 
+    /// Bytes read from the socket at once (large records arrive in fewer reads with a larger buffer).
+    public let receiveBufferBytes: Int
+
     public init(_ connection: TCPConnection, context: ShardContext, maxQueuedBytes: Int = 64 << 20,
-                limits: FrameLimits = .default) {
+                limits: FrameLimits = .default, receiveBufferBytes: Int = 64 << 10) {
         self.connection = connection
         self.context = context
         self.maxQueuedBytes = maxQueuedBytes
         self.limits = limits
+        self.receiveBufferBytes = receiveBufferBytes
     }
 
     public var peer: String { connection.peer }
@@ -103,7 +107,7 @@ public final class FrameConnection {
     /// stream is handed to `onMalformed` first (it may queue a last frame, which is flushed before the close).
     public func readLoop(_ onFrame: (Frame) -> Void, onMalformed: (WireError) -> Void = { _ in }) async {
         var decoder = FrameDecoder(limits: limits)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 8)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: receiveBufferBytes, alignment: 8)
         defer { buffer.deallocate() }
         while !closed {
             let n: Int

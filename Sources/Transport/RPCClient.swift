@@ -31,34 +31,54 @@ public enum CallError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Requests and their answers over one connection to one "host:port", multiplexed by request id, on one shard.
-/// Frames go out in the order `call` is made (also while the connection is being made), so a writer's appends to a
-/// replica arrive in order. Every call has a deadline; one sweeper task expires them. When the connection closes,
-/// every waiting call fails as unreachable, and the next call connects again. Shard-bound.
+/// Frames go out in the order calls are made (also while the connection is being made), so a writer's appends to a
+/// replica arrive in order. At most `maxOutstandingRequests` calls (and `maxOutstandingBytes`) are on the wire at
+/// once, below a server's per-connection bounds; later calls wait here, in order. Every call has a deadline; one
+/// sweeper task expires them (a call that expires before it was sent is never sent). When the connection closes,
+/// every call sent on it fails as unreachable, and the next call connects again. Shard-bound.
 public final class RPCClient {
     public let address: String
     public let context: ShardContext
     public let limits: FrameLimits
     public let maxQueuedBytes: Int
+    public let maxOutstandingRequests: Int
+    public let maxOutstandingBytes: Int
+    public let connectTimeout: Duration
     private var connection: FrameConnection?
+    private var generation = 0
     private var connecting = false
-    /// Wire bytes of calls made while connecting, in call order, with their request ids.
-    private var unsent: [(wire: [UInt8], id: UInt64)] = []
-    private var pending: [UInt64: (callback: (Result<Frame, CallError>) -> Void, deadline: Instant)] = [:]
+    /// Calls not sent yet, in call order: waiting for the connection or for room on it.
+    private var queued: [(wire: [UInt8], id: UInt64)] = []
+    private var queuedHead = 0
+    private struct Call {
+        let callback: (Result<Frame, CallError>) -> Void
+        let deadline: Instant
+        let bytes: Int
+        /// The connection it went out on (0: not sent yet).
+        var generation: Int
+    }
+    private var pending: [UInt64: Call] = [:]
+    private var outstanding = 0
+    private var outstandingBytes = 0
     private var nextRequestID: UInt64 = 1
     private var sweeping = false
     private var closedForGood = false
-    /// Set when the server sent GOAWAY (it is draining): callers should move elsewhere.
+    /// Set when the server sent GOAWAY (it is draining).
     public private(set) var goingAway = false
 
     public init(address: String, on context: ShardContext, limits: FrameLimits = .default,
-                maxQueuedBytes: Int = 64 << 20) {
+                maxQueuedBytes: Int = 64 << 20, maxOutstandingRequests: Int = 512, maxOutstandingBytes: Int = 32 << 20,
+                connectTimeout: Duration = .seconds(3)) {
         self.address = address
         self.context = context
         self.limits = limits
         self.maxQueuedBytes = maxQueuedBytes
+        self.maxOutstandingRequests = maxOutstandingRequests
+        self.maxOutstandingBytes = maxOutstandingBytes
+        self.connectTimeout = connectTimeout
     }
 
-    /// Calls in flight.
+    /// Calls in flight (sent or waiting to be).
     public var inFlight: Int { pending.count }
     /// Bytes queued and not yet handed to the kernel.
     public var queuedBytes: Int { connection?.queuedBytes ?? 0 }
@@ -111,7 +131,7 @@ public final class RPCClient {
         }
         let id = nextRequestID
         nextRequestID += 1
-        pending[id] = ({ result in
+        pending[id] = Call(callback: { result in
             switch result {
             case .success(let answer) where answer.flags.contains(.error):
                 let status = (try? answer.header(as: Status.self)) ?? Status()
@@ -119,15 +139,45 @@ public final class RPCClient {
             default:
                 completion(result)
             }
-        }, context.now + timeout)
+        }, deadline: context.now + timeout, bytes: wire.count, generation: 0)
         startSweeping()
-        if let connection, !connection.closed {
+        queued.append((wire, id))
+        if connection == nil || connection!.closed {
+            connect()
+        } else {
+            pump()
+        }
+    }
+
+    /// Sends queued calls while the connection has room, in order.
+    private func pump() {
+        guard let connection, !connection.closed else { return }
+        while queuedHead < queued.count {
+            let (wire, id) = queued[queuedHead]
+            guard var call = pending[id] else {
+                // Expired before it was sent.
+                queuedHead += 1
+                continue
+            }
+            guard outstanding < maxOutstandingRequests,
+                  outstanding == 0 || outstandingBytes + wire.count <= maxOutstandingBytes
+            else { break }
+            queued[queuedHead] = ([], id)
+            queuedHead += 1
+            call.generation = generation
+            pending[id] = call
+            outstanding += 1
+            outstandingBytes += wire.count
             if !connection.send(wire: wire, requestID: id) {
                 resolve(id, .failure(.unreachable(address: address, detail: "the send queue is full or closed")))
             }
-        } else {
-            unsent.append((wire, id))
-            connect()
+        }
+        if queuedHead == queued.count {
+            queued.removeAll(keepingCapacity: true)
+            queuedHead = 0
+        } else if queuedHead > 1024 && queuedHead * 2 > queued.count {
+            queued.removeFirst(queuedHead)
+            queuedHead = 0
         }
     }
 
@@ -149,7 +199,7 @@ public final class RPCClient {
     }
 
     private func connect() {
-        guard !connecting else { return }
+        guard !connecting, !closedForGood else { return }
         connecting = true
         let client = ShardBound(self)
         context.spawn { await client.value.connectNow() }
@@ -159,14 +209,18 @@ public final class RPCClient {
         defer { connecting = false }
         let parts = address.split(separator: ":")
         guard parts.count == 2, let port = UInt16(parts[1]) else {
-            failUnsent(.unreachable(address: address, detail: "not host:port"))
+            failQueued(.unreachable(address: address, detail: "not host:port"))
             return
         }
         let tcp: TCPConnection
         do {
-            tcp = try await context.connect(host: String(parts[0]), port: port)
+            let shard = context.shard
+            let host = String(parts[0])
+            tcp = try await context.withTimeout(connectTimeout, operation: .connect) {
+                ShardBound(try await ShardContext(shard: shard).connect(host: host, port: port))
+            }.value
         } catch {
-            failUnsent(.unreachable(address: address, detail: "\(error)"))
+            failQueued(.unreachable(address: address, detail: "\(error)"))
             return
         }
         if closedForGood {
@@ -174,13 +228,12 @@ public final class RPCClient {
             return
         }
         let framed = FrameConnection(tcp, context: context, maxQueuedBytes: maxQueuedBytes, limits: limits)
+        generation += 1
+        let current = generation
         connection = framed
         goingAway = false
-        let queued = unsent
-        unsent = []
-        for (wire, id) in queued where !framed.send(wire: wire, requestID: id) {
-            resolve(id, .failure(.unreachable(address: address, detail: "the send queue is full")))
-        }
+        outstanding = 0
+        outstandingBytes = 0
         let bound = ShardBound((self, framed))
         context.spawn {
             await bound.value.1.readLoop { frame in
@@ -190,24 +243,27 @@ public final class RPCClient {
                 }
                 bound.value.0.resolve(frame.requestID, .success(frame))
             }
-            bound.value.0.ended(bound.value.1)
+            bound.value.0.ended(bound.value.1, generation: current)
         }
+        pump()
     }
 
-    private func ended(_ framed: FrameConnection) {
+    /// The connection of `generation` closed: every call sent on it fails; calls still queued wait for the next one.
+    private func ended(_ framed: FrameConnection, generation ended: Int) {
+        var lost: [UInt64] = []
+        for (id, call) in pending where call.generation == ended { lost.append(id) }
+        for id in lost { resolve(id, .failure(.unreachable(address: address, detail: "the connection closed"))) }
         guard connection === framed else { return }
         connection = nil
-        // Calls sent on it get no answer now; calls queued since wait for the next connection.
-        let unsentIDs = Set(unsent.map(\.id))
-        for id in pending.keys where !unsentIDs.contains(id) {
-            resolve(id, .failure(.unreachable(address: address, detail: "the connection closed")))
-        }
-        if !unsent.isEmpty { connect() }
+        outstanding = 0
+        outstandingBytes = 0
+        if queuedHead < queued.count { connect() }
     }
 
-    private func failUnsent(_ error: CallError) {
-        let calls = unsent
-        unsent = []
+    private func failQueued(_ error: CallError) {
+        let calls = queued[queuedHead...]
+        queued = []
+        queuedHead = 0
         for call in calls { resolve(call.id, .failure(error)) }
     }
 
@@ -221,7 +277,7 @@ public final class RPCClient {
                 try? await this.context.sleep(for: .milliseconds(10))
                 let now = this.context.now
                 var expired: [UInt64] = []
-                for (id, entry) in this.pending where entry.deadline <= now { expired.append(id) }
+                for (id, call) in this.pending where call.deadline <= now { expired.append(id) }
                 for id in expired { this.resolve(id, .failure(.timedOut(address: this.address))) }
             }
             this.sweeping = false
@@ -229,14 +285,23 @@ public final class RPCClient {
     }
 
     private func resolve(_ id: UInt64, _ result: Result<Frame, CallError>) {
-        pending.removeValue(forKey: id)?.callback(result)
+        guard let call = pending.removeValue(forKey: id) else { return }
+        if call.generation != 0 && call.generation == generation {
+            outstanding -= 1
+            outstandingBytes -= call.bytes
+        }
+        call.callback(result)
+        if call.generation != 0 && queuedHead < queued.count { pump() }
     }
 
     private func fail(_ error: CallError) {
         let waiting = pending
         pending = [:]
-        unsent = []
-        for (_, entry) in waiting { entry.callback(.failure(error)) }
+        queued = []
+        queuedHead = 0
+        outstanding = 0
+        outstandingBytes = 0
+        for (_, call) in waiting { call.callback(.failure(error)) }
     }
 }
 

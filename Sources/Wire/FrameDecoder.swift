@@ -66,7 +66,11 @@ public struct FrameDecoder: Sendable {
             rest = UnsafeRawBufferPointer(rebasing: rest[(length + 4)...])
         }
         if !rest.isEmpty {
-            if rest.count >= 4 { _ = try FrameHeaderCodec.frameLength(rest, limits: limits) }
+            if rest.count >= 4 {
+                // The frame's size is known: hold it in one allocation, without regrowing as its bytes arrive.
+                let length = try FrameHeaderCodec.frameLength(rest, limits: limits)
+                pending.reserveCapacity(length + 4)
+            }
             pending.append(contentsOf: rest)
         }
     }

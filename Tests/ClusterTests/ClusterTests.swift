@@ -460,3 +460,62 @@ extension ClusterTests {
         #expect(cluster.log(3).contains("reported offline"))
     }
 }
+
+extension ClusterTests {
+    /// A fence outlives a restart of the replica: after it, appends and range creations of the older epoch are
+    /// refused with EPOCH_FENCED, also for a range the replica did not hold when it was fenced.
+    @Test func aFenceSurvivesARestart() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1)
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let address = cluster.serverAddress(1)
+        func request(_ key: (UInt64, UInt32), epoch: UInt64) -> (Elasticstream_V1_CreateRangeRequest, Elasticstream_V1_SealRangeRequest) {
+            var create = Elasticstream_V1_CreateRangeRequest()
+            create.range.streamID = key.0
+            create.range.index = key.1
+            create.epoch = epoch
+            var fence = Elasticstream_V1_SealRangeRequest()
+            fence.range = create.range
+            fence.epoch = epoch + 1
+            return (create, fence)
+        }
+        let held = request((500, 0), epoch: 1)
+        let absent = request((501, 0), epoch: 1)
+        let before = try await reactor.run(on: 0) { context -> [String] in
+            let rpc = RPCClient(address: address, on: context)
+            var outcomes: [String] = []
+            outcomes.append("\(await rpc.call(.createRange, header: held.0, timeout: .seconds(2)))")
+            outcomes.append("\(await rpc.call(.sealRange, header: held.1, timeout: .seconds(2)))")
+            outcomes.append("\(await rpc.call(.sealRange, header: absent.1, timeout: .seconds(2)))")
+            await rpc.close()
+            return outcomes
+        }
+        #expect(!before[0].contains("failure") && !before[1].contains("failure"), "\(before)")
+        #expect(before[2].contains("rangeNotFound"), "\(before)")
+        cluster.kill(1)
+        try cluster.start(1)
+        let after = try await reactor.run(on: 0) { context -> [CallError?] in
+            let rpc = RPCClient(address: address, on: context)
+            var header = Elasticstream_V1_AppendRequest()
+            header.streamID = 500
+            header.rangeIndex = 0
+            header.epoch = 1
+            let bytes = try RecordBatch(streamID: 500, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                        records: [Record(timestamp: 0, value: [1, 2, 3])]).encoded()
+            var errors: [CallError?] = []
+            for call in [
+                await rpc.call(.append, header: header, payload: bytes, timeout: .seconds(5)),
+                await rpc.call(.createRange, header: absent.0, timeout: .seconds(2)),
+            ] {
+                if case .failure(let error) = call { errors.append(error) } else { errors.append(nil) }
+            }
+            await rpc.close()
+            return errors
+        }
+        for error in after {
+            #expect(error?.code == .epochFenced, "\(String(describing: error))")
+        }
+    }
+}

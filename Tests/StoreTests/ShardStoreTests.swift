@@ -162,3 +162,34 @@ let rangeB = RangeKey(streamID: 8, index: 3)
         }
     }
 }
+
+extension ShardStoreTests {
+    /// An append refused for its size leaves the appends before it in flight: a fence waits for them and answers
+    /// the end they reach (answering an older end would let a new writer seal below an acknowledged record).
+    @Test func aRefusedAppendDoesNotHideEarlierOnesFromAFence() async throws {
+        try await withDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            let (first, refused, fenced) = try await withStore(reactor, directory) { box -> (AppendOutcome, Bool, UInt64) in
+                try await box.store.createRange(rangeA, start: 0)
+                let small = try batch(rangeA, 0, count: 10)
+                let large = try RecordBatch(streamID: rangeA.streamID, rangeIndex: rangeA.index, baseOffset: 10,
+                                            baseTimestamp: 0,
+                                            records: [Record(timestamp: 0, value: [UInt8](repeating: 1, count: 40_000))])
+                    .encoded()
+                // Tasks on the shard start in order: the first is placed in the log before the second runs.
+                let a = box.store.context.spawn { try await box.append(small) }
+                let b = box.store.context.spawn { () -> (Bool, UInt64) in
+                    var refused = false
+                    do { _ = try await box.append(large) } catch { refused = true }
+                    return (refused, try await box.store.fence(rangeA))
+                }
+                let (refused, end) = try await b.value
+                return (try await a.value, refused, end)
+            }
+            #expect(first == .committed(confirmedEnd: 10))
+            #expect(refused)
+            #expect(fenced == 10, "the fence answered \(fenced) while an append up to 10 was in flight")
+        }
+    }
+}
