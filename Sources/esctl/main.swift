@@ -15,7 +15,7 @@ struct Global: ParsableArguments {
     var pd = "127.0.0.1:2380"
     @Flag(name: .long, help: "Print JSON instead of text.")
     var json = false
-    @Option(name: .long, help: "Seconds a command may take talking to the placement driver.")
+    @Option(name: .long, help: "Seconds a command may keep retrying the placement driver (or placing a range).")
     var timeout = 10.0
     @Flag(name: .long, help: "Log what the client does (failovers, seals) to stderr.")
     var verbose = false
@@ -38,6 +38,8 @@ func withClient(_ global: Global, _ body: @escaping @Sendable (ClientBox) async 
     let failure: String? = try await reactor.run(on: 0) { context in
         var configuration = ClientConfiguration()
         configuration.placementDriverTimeout = .milliseconds(Int64(timeout * 1000))
+        // A writer gives up placing a range (too few servers, no leader) within the same time.
+        configuration.failoverTimeout = .milliseconds(Int64(timeout * 1000))
         let client = ElasticStreamClient(pd: addresses, on: context, configuration: configuration)
         let box = ClientBox(client)
         var failure: String?

@@ -1,4 +1,5 @@
 @testable import Client
+import RangeServer
 import Foundation
 import PlacementDriver
 import Platform
@@ -516,6 +517,102 @@ extension ClusterTests {
         }
         for error in after {
             #expect(error?.code == .epochFenced, "\(String(describing: error))")
+        }
+    }
+}
+
+/// Runs `esctl` with `arguments` (and `input` on stdin): exit status, stdout, stderr.
+func esctl(_ arguments: [String], input: String = "") throws -> (Int32, String, String) {
+    let path = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        .appendingPathComponent("esctl").path
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let stdin = Pipe()
+    let stdout = Pipe()
+    let stderr = Pipe()
+    process.standardInput = stdin
+    process.standardOutput = stdout
+    process.standardError = stderr
+    try process.run()
+    stdin.fileHandleForWriting.write(Data(input.utf8))
+    try stdin.fileHandleForWriting.close()
+    let out = stdout.fileHandleForReading.readDataToEndOfFile()
+    let err = stderr.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+}
+
+extension ClusterTests {
+    /// esctl against a real node: status, stream create, append from stdin, read back (text and JSON), ranges,
+    /// list, delete; and clear errors with exit status 1 for a stream that does not exist and for a bad placement.
+    @Test func esctlDrivesANode() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1)
+        try cluster.startAll()
+        let pd = ["--pd", cluster.pdAddresses[0]]
+        var status = try esctl(["cluster", "status"] + pd)
+        let deadline = Date().addingTimeInterval(15)
+        while !status.1.contains("online") && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            status = try esctl(["cluster", "status"] + pd)
+        }
+        #expect(status.0 == 0 && status.1.contains("leader") && status.1.contains("online"), "\(status)")
+        let created = try esctl(["stream", "create", "--replicas", "1"] + pd)
+        let id = created.1.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(created.0 == 0 && UInt64(id) != nil, "\(created)")
+        let appended = try esctl(["append", id, "--batch", "2"] + pd, input: "alpha\nbeta\ngamma\n")
+        #expect(appended.0 == 0 && appended.1.contains("3 records at offsets 0..<3"), "\(appended)")
+        let read = try esctl(["read", id] + pd)
+        #expect(read.1 == "0\talpha\n1\tbeta\n2\tgamma\n", "\(read)")
+        let json = try esctl(["read", id, "--from", "1", "--count", "1", "--json"] + pd)
+        let object = try JSONSerialization.jsonObject(with: Data(json.1.utf8)) as? [String: Any]
+        #expect(object?["offset"] as? Int == 1 && object?["value"] as? String == "beta", "\(json)")
+        let ranges = try esctl(["range", "list", id, "--json"] + pd)
+        let list = try JSONSerialization.jsonObject(with: Data(ranges.1.utf8)) as? [[String: Any]]
+        #expect(list?.count == 1 && list?.first?["sealed"] as? Bool == true && list?.first?["end_offset"] as? Int == 3,
+                "\(ranges)")
+        let streams = try esctl(["stream", "list"] + pd)
+        #expect(streams.1.contains("\(id)  replicas 1"), "\(streams)")
+        let missing = try esctl(["read", "987654"] + pd)
+        #expect(missing.0 == 1 && missing.2.contains("streamNotFound"), "\(missing)")
+        let tooMany = try esctl(["stream", "create", "--replicas", "3"] + pd)
+        let stream3 = tooMany.1.trimmingCharacters(in: .whitespacesAndNewlines)
+        let refused = try esctl(["append", stream3, "--timeout", "1"] + pd, input: "x\n")
+        #expect(refused.0 == 1 && refused.2.contains("notEnoughServers"), "\(refused)")
+        let deleted = try esctl(["stream", "delete", id] + pd)
+        #expect(deleted.0 == 0)
+        let gone = try esctl(["stream", "describe", id, "--json"] + pd)
+        #expect(gone.1.contains("\"deleted\":true"), "\(gone)")
+    }
+
+    /// The [server] table: defaults, every key, and errors that name the file, the key and the problem.
+    @Test func serverConfigurationIsCheckedKeyByKey() throws {
+        let parsed = try RangeServerConfiguration(configurationText: """
+            [server]
+            host = "10.0.0.5"
+            port = 20000
+            data_dir = "/data/es"
+            pd = ["10.0.0.1:2380", "10.0.0.2:2380"]
+            heartbeat_interval = "500ms"
+            segment_bytes = 8388608
+            max_requests_per_connection = 64
+            drain_timeout = "2s"
+            """, file: "x.toml")
+        #expect(parsed.shardAddress(2) == "10.0.0.5:20002")
+        #expect(parsed.placementDriver.count == 2 && parsed.heartbeatInterval == .milliseconds(500))
+        #expect(parsed.maxRequestsPerConnection == 64 && parsed.drainTimeout == .seconds(2))
+        #expect(try RangeServerConfiguration(configurationText: "").port == 10911)
+        for (text, needle) in [("[server]\nportt = 1", "unknown key 'portt'"), ("[server]\nport = 0", "port"),
+                               ("[server]\npd = [\"nohost\"]", "host:port"),
+                               ("[server]\nsegment_bytes = 3000000", "multiple of 4096"),
+                               ("[server]\nheartbeat_interval = 5", "duration")] {
+            do {
+                _ = try RangeServerConfiguration(configurationText: text, file: "bad.toml")
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect("\(error)".contains(needle) && "\(error)".contains("bad.toml"), "\(error)")
+            }
         }
     }
 }
