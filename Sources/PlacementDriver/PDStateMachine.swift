@@ -374,8 +374,11 @@ public struct PDStateMachine: Sendable {
         return ranges[id] ?? []
     }
 
+    /// The ranges placed on server `id`, of streams not deleted.
     public func listRanges(server id: UInt64) -> [RangeRecord] {
-        ranges.keys.sorted().flatMap { ranges[$0]!.filter { $0.servers.contains { $0.serverID == id } } }
+        ranges.keys.sorted().filter { streams[$0]?.deleted != true }.flatMap {
+            ranges[$0]!.filter { $0.servers.contains { $0.serverID == id } }
+        }
     }
 
     /// The servers, with the state a reader at `now` should see (online but silent past the timeout reads offline).

@@ -151,10 +151,43 @@ final class Registrar {
         }
         logger.info("range server registered", metadata: ["server": "\(serverID)",
                                                           "shards": "\(configuration.shardAddress(0))..."])
+        var lastReconcile: Instant?
         while !stopped {
+            if lastReconcile.map({ context.now - $0 >= configuration.reconcileInterval }) ?? true {
+                lastReconcile = context.now
+                await reconcile()
+            }
             try? await context.sleep(for: configuration.heartbeatInterval)
             if stopped { break }
             _ = try? await heartbeat(.serverOnline)
+        }
+    }
+
+    /// Takes every shard's replicas, then the placement driver's ranges for this server, and hands each shard its
+    /// part (`ShardService.reconcile`).
+    private func reconcile() async {
+        var held: [[RangeKey]] = []
+        for index in 0..<services.count {
+            let services = services
+            held.append((try? await reactor.submit(to: index) { services[index].value.store.rangeKeys }) ?? [])
+        }
+        var request = Elasticstream_V1_ListRangesRequest()
+        request.serverID = serverID
+        let listed: [Elasticstream_V1_Range]
+        do {
+            listed = try await pd.call(.listRanges, request, as: Elasticstream_V1_ListRangesResponse.self).ranges
+        } catch {
+            logger.warning("could not list this server's ranges", metadata: ["error": "\(error)"])
+            return
+        }
+        let count = services.count
+        for index in 0..<count {
+            let mine = listed.filter {
+                RangeRouting.shard(streamID: $0.streamID, rangeIndex: $0.index, shardCount: count) == index
+            }
+            let services = services
+            let keys = held[index]
+            _ = try? await reactor.run(on: index) { _ in await services[index].value.reconcile(listed: mine, held: keys) }
         }
     }
 

@@ -15,6 +15,9 @@ public struct RangeServerConfiguration: Sendable, Hashable {
     /// Placement driver members ("host:port"); empty: the `[pd]` table's members.
     public var placementDriver: [String] = []
     public var heartbeatInterval: Duration = .seconds(1)
+    /// How often the server compares its replicas with the placement driver's ranges (and once after it registers):
+    /// seals it missed are applied, and replicas of deleted or trimmed ranges are removed.
+    public var reconcileInterval: Duration = .seconds(30)
     public var segmentBytes = 64 << 20
     public var cacheBytes = 64 << 20
     public var checkpointIntervalBytes = 64 << 20
@@ -65,6 +68,7 @@ public struct RangeServerConfiguration: Sendable, Hashable {
                 }
                 placementDriver = addresses
             case "heartbeat_interval": heartbeatInterval = try PDConfiguration.duration(value, place)
+            case "reconcile_interval": reconcileInterval = try PDConfiguration.duration(value, place)
             case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 34))
             case "cache_bytes": cacheBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 36))
             case "checkpoint_interval_bytes":

@@ -353,18 +353,7 @@ final class ShardService {
         let key = RangeKey(streamID: request.range.streamID, index: request.range.index)
         var range = request.range
         if request.range.sealed {
-            let end = request.range.endOffset
-            guard end >= request.range.startOffset else {
-                throw Refusal(.invalidArgument, "\(key): end \(end) is before its start \(request.range.startOffset)")
-            }
-            // A replica that missed the range's creation still takes the seal, then repairs.
-            if store.describe(key) == nil { try await store.createRange(key, start: request.range.startOffset) }
-            _ = try await store.seal(key, at: end)
-            wake(key)
-            if let description = store.describe(key), description.confirmedEnd < end {
-                startRepair(key, end: end, servers: request.range.servers)
-            }
-            range.endOffset = end
+            try await seal(key, request.range)
         } else {
             // The fence is on disk before it is answered; a range not created here yet is fenced too.
             do {
@@ -380,6 +369,58 @@ final class ShardService {
         var response = Elasticstream_V1_SealRangeResponse()
         response.range = range
         return try Frame(responseTo: frame, header: response)
+    }
+
+    /// Seals the replica at the range's end (creating it first if it never got the range), then repairs it from the
+    /// other replicas if it holds less.
+    private func seal(_ key: RangeKey, _ range: Elasticstream_V1_Range) async throws {
+        let end = range.endOffset
+        guard end >= range.startOffset else {
+            throw Refusal(.invalidArgument, "\(key): end \(end) is before its start \(range.startOffset)")
+        }
+        if store.describe(key) == nil { try await store.createRange(key, start: range.startOffset) }
+        _ = try await store.seal(key, at: end)
+        wake(key)
+        if let description = store.describe(key), description.confirmedEnd < end {
+            startRepair(key, end: end, servers: range.servers)
+        }
+    }
+
+    /// Brings this shard's replicas in line with the placement driver's ranges for this server (`listed`, read
+    /// after `held` was taken): a range sealed there is sealed here and repaired (a seal missed while this server
+    /// was down, or a repair a restart cut short); a replica in `held` that the placement driver no longer lists
+    /// (its stream was deleted, or trimmed past it) is deleted. A range created after `held` was taken is never
+    /// deleted: the placement driver lists a range before any replica is created.
+    func reconcile(listed: [Elasticstream_V1_Range], held: [RangeKey]) async -> (sealed: Int, deleted: Int) {
+        var sealed = 0
+        var deleted = 0
+        var known: Set<RangeKey> = []
+        for range in listed {
+            let key = RangeKey(streamID: range.streamID, index: range.index)
+            known.insert(key)
+            guard range.sealed else { continue }
+            let local = store.describe(key)
+            if local?.sealedEnd == range.endOffset && (local?.confirmedEnd ?? 0) >= range.endOffset { continue }
+            if local?.sealedEnd == range.endOffset && repairing.contains(key) { continue }
+            do {
+                try await seal(key, range)
+                sealed += 1
+            } catch {
+                logger.warning("could not apply the placement driver's seal", metadata: ["range": "\(key)", "error": "\(error)"])
+            }
+        }
+        for key in held where !known.contains(key) {
+            do {
+                try await store.delete(key)
+                deleted += 1
+            } catch {
+                logger.warning("could not delete a replica of a range that is gone", metadata: ["range": "\(key)", "error": "\(error)"])
+            }
+        }
+        if sealed + deleted > 0 {
+            logger.info("replicas reconciled with the placement driver", metadata: ["sealed": "\(sealed)", "deleted": "\(deleted)"])
+        }
+        return (sealed, deleted)
     }
 
     /// Refuses a request of a writer older than the one that fenced the range.

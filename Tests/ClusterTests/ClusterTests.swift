@@ -616,3 +616,92 @@ extension ClusterTests {
         }
     }
 }
+
+extension ClusterTests {
+    /// A replica that was down when its range was sealed (it missed the seal and the records before it) learns the
+    /// seal from the placement driver when it comes back, and repairs the records from its peers.
+    @Test func aReplicaDownAtTheSealCatchesUpWhenItReturns() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let description = try await withClient(reactor, cluster) { box -> Elasticstream_V1_DescribeRangeResponse in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let writer = try await client.openStream(stream)
+            for n in 0..<30 { _ = try await writer.append([record(n)]) }
+            let range = writer.ranges.last!
+            let absent = cluster.node(of: range.servers[1])!
+            cluster.kill(absent)
+            for n in 30..<60 { _ = try await writer.append([record(n)]) }
+            await writer.close()
+            // Let the writer's seal notices fail against the stopped node before it comes back: the seal can then
+            // only reach it through the placement driver.
+            try await client.context.sleep(for: .milliseconds(500))
+            try cluster.start(absent)
+            let direct = RPCClient(address: cluster.serverAddress(absent), on: client.context)
+            var request = Elasticstream_V1_DescribeRangeRequest()
+            request.streamID = stream
+            request.rangeIndex = range.index
+            var seen = Elasticstream_V1_DescribeRangeResponse()
+            let deadline = ContinuousClock.now + .seconds(15)
+            while ContinuousClock.now < deadline {
+                if case .success(let frame) = await direct.call(.describeRange, header: request, timeout: .seconds(2)),
+                   let answer = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self) {
+                    seen = answer
+                    if answer.range.sealed && answer.confirmedOffset >= 60 { break }
+                }
+                try await client.context.sleep(for: .milliseconds(100))
+            }
+            await direct.close()
+            return seen
+        }
+        #expect(description.range.sealed && description.range.endOffset == 60, "\(description)")
+        #expect(description.confirmedOffset == 60, "the returning replica holds \(description.confirmedOffset) of 60")
+    }
+
+    /// Replicas of a deleted stream are removed from the range servers (the placement driver no longer lists them).
+    @Test func replicasOfADeletedStreamAreRemoved() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1)
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (before, after) = try await withClient(reactor, cluster) { box -> (CallError?, CallError?) in
+            let client = box.value
+            try await waitForServers(client, 1)
+            let stream = try await client.createStream(replicas: 1, ackCount: 1).streamID
+            let keep = try await client.createStream(replicas: 1, ackCount: 1).streamID
+            for id in [stream, keep] {
+                let writer = try await client.openStream(id)
+                for n in 0..<10 { _ = try await writer.append([record(n)]) }
+                await writer.close()
+            }
+            try await client.deleteStream(stream)
+            let direct = RPCClient(address: cluster.serverAddress(1), on: client.context)
+            func describe(_ id: UInt64) async -> CallError? {
+                var request = Elasticstream_V1_DescribeRangeRequest()
+                request.streamID = id
+                request.rangeIndex = 0
+                if case .failure(let error) = await direct.call(.describeRange, header: request, timeout: .seconds(2)) {
+                    return error
+                }
+                return nil
+            }
+            let deadline = ContinuousClock.now + .seconds(10)
+            var gone: CallError?
+            while ContinuousClock.now < deadline {
+                gone = await describe(stream)
+                if gone != nil { break }
+                try await client.context.sleep(for: .milliseconds(100))
+            }
+            let kept = await describe(keep)
+            await direct.close()
+            return (kept, gone)
+        }
+        #expect(before == nil, "the stream that was not deleted lost its replica: \(String(describing: before))")
+        #expect(after?.code == .rangeNotFound, "the deleted stream's replica is still there: \(String(describing: after))")
+    }
+}

@@ -73,6 +73,7 @@ final class NodeCluster: @unchecked Sendable {
             port = \(serverPorts[node - 1])
             data_dir = "\(directory)/node-\(node)/server"
             heartbeat_interval = "200ms"
+            reconcile_interval = "1s"
             segment_bytes = 8388608
             cache_bytes = 16777216
             drain_timeout = "1s"
