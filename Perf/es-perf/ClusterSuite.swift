@@ -37,6 +37,10 @@ struct ClusterSuite: FigureSuite {
             cpus: [0], pinThreads: false, pollDuration: .microseconds(20), stallThreshold: nil, bufferCount: 8))
         defer { reactor.shutdown() }
         let quick = options.quick
+        // The servers' WAL durability (their default unless ES_WAL_DURABILITY says otherwise); the store baselines
+        // use the same.
+        let durability = WALConfiguration.Durability(
+            rawValue: ProcessInfo.processInfo.environment["ES_WAL_DURABILITY"] ?? "dsync-write") ?? .dsyncWrite
         let sizes = options.only.map { $0 == "64k" ? [65536] : [1024] } ?? [1024, 65536]
 
         for size in sizes {
@@ -47,17 +51,19 @@ struct ClusterSuite: FigureSuite {
             // The store alone, in this process: the floor a replica's append stands on.
             let store = try await StoreSuite(options: options).appendLatencies(
                 reactor, directory: "\(root)/store-\(label)", appenders: 1, valueBytes: size,
-                totalBytes: qd1Count * size)
+                totalBytes: qd1Count * size, durability: durability)
 
             // Three stores on this disk, in this process: one append to each at once, timed to the second to finish
             // (what a 3-replica, ack-2 append waits for, without the network and the other processes).
             let triple = try await Self.secondOfThree(reactor, suite: StoreSuite(options: options),
-                                                      root: "\(root)/triple-\(label)", valueBytes: size, rounds: qd1Count)
+                                                      root: "\(root)/triple-\(label)", valueBytes: size, rounds: qd1Count,
+                                                      durability: durability)
 
             var three = (qd1: Load(), one: Load(), many: Load())
             var single = (qd1: Load(), one: Load(), many: Load())
             for (nodes, replicas) in [(3, 3), (1, 1)] {
-                let group = try NodeGroup(binary: server, directory: "\(root)/nodes-\(label)-\(nodes)", nodes: nodes)
+                let group = try NodeGroup(binary: server, directory: "\(root)/nodes-\(label)-\(nodes)", nodes: nodes,
+                                          durability: durability)
                 defer { group.stopAll() }
                 let addresses = group.pdAddresses
                 let result = try await reactor.run(on: 0) { context in
@@ -75,9 +81,11 @@ struct ClusterSuite: FigureSuite {
 
             for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p999", 99.9)] {
                 emit("append_\(label)_3r_qd1_\(name)_us", percentile(three.qd1.latencies, p) / 1000, "us", .lower,
-                     "the store's own QD1 append of \(size) B, in process, \(name)", percentile(store.latencies, p) / 1000)
+                     "the store's own QD1 append of \(size) B, in process (\(durability.rawValue)), \(name)",
+                     percentile(store.latencies, p) / 1000)
                 emit("append_\(label)_1r_qd1_\(name)_us", percentile(single.qd1.latencies, p) / 1000, "us", .lower,
-                     "the store's own QD1 append of \(size) B, in process, \(name)", percentile(store.latencies, p) / 1000)
+                     "the store's own QD1 append of \(size) B, in process (\(durability.rawValue)), \(name)",
+                     percentile(store.latencies, p) / 1000)
             }
             emit("append_\(label)_3r_qd1_p999_vs_3stores_us", percentile(three.qd1.latencies, 99.9) / 1000, "us", .lower,
                  "3 stores on the same disk in one process, one \(size) B append to each at once, the second to finish: p99.9",
@@ -107,10 +115,10 @@ struct ClusterSuite: FigureSuite {
 
     /// `rounds` rounds of one append to each of three stores (three WALs, three fdatasyncs) at once: the time to the
     /// second completion, sorted.
-    static func secondOfThree(_ reactor: Reactor, suite: StoreSuite, root: String, valueBytes: Int, rounds: Int)
-        async throws -> [UInt64]
+    static func secondOfThree(_ reactor: Reactor, suite: StoreSuite, root: String, valueBytes: Int, rounds: Int,
+                              durability: WALConfiguration.Durability) async throws -> [UInt64]
     {
-        let configurations = (0..<3).map { suite.configuration("\(root)/\($0)") }
+        let configurations = (0..<3).map { suite.configuration("\(root)/\($0)", durability: durability) }
         return try await reactor.run(on: 0) { context -> [UInt64] in
             var stores: [ShardBound<ShardStore>] = []
             for configuration in configurations {
@@ -231,7 +239,7 @@ final class NodeGroup: @unchecked Sendable {
     private var processes: [Int: Process] = [:]
     private let lock = NSLock()
 
-    init(binary: String, directory: String, nodes: Int) throws {
+    init(binary: String, directory: String, nodes: Int, durability: WALConfiguration.Durability) throws {
         self.directory = directory
         self.nodes = nodes
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -264,6 +272,7 @@ final class NodeGroup: @unchecked Sendable {
                 data_dir = "\(directory)/node-\(node)/server"
                 segment_bytes = 67108864
                 cache_bytes = 67108864
+                wal_durability = "\(durability.rawValue)"
                 """.write(toFile: path, atomically: true, encoding: .utf8)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)

@@ -21,6 +21,10 @@ public struct RangeServerConfiguration: Sendable, Hashable {
     public var segmentBytes = 64 << 20
     public var cacheBytes = 64 << 20
     public var checkpointIntervalBytes = 64 << 20
+    /// How a WAL flush is made durable: "dsync-write" (one write with RWF_DSYNC, the default: no hop through the
+    /// kernel's io-wq threads, which cost most when several processes share few cores) or "fdatasync" (a write, then
+    /// an fdatasync).
+    public var walDurability: WALConfiguration.Durability = .dsyncWrite
     /// Requests served at once per connection; past it, TOO_MANY_REQUESTS.
     public var maxRequestsPerConnection = 1024
     /// Bytes of requests served at once per connection; past it, TOO_MANY_REQUESTS.
@@ -71,6 +75,12 @@ public struct RangeServerConfiguration: Sendable, Hashable {
             case "reconcile_interval": reconcileInterval = try PDConfiguration.duration(value, place)
             case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 34))
             case "cache_bytes": cacheBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 36))
+            case "wal_durability":
+                let text = try PDConfiguration.string(value, place)
+                guard let durability = WALConfiguration.Durability(rawValue: text) else {
+                    throw Invalid(description: "\(place) must be \"fdatasync\" or \"dsync-write\", not \"\(text)\"")
+                }
+                walDurability = durability
             case "checkpoint_interval_bytes":
                 checkpointIntervalBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 40))
             case "max_requests_per_connection":
@@ -90,7 +100,8 @@ public struct RangeServerConfiguration: Sendable, Hashable {
     public func shardAddress(_ index: Int) -> String { "\(host):\(Int(port) + index)" }
 
     func store(shard index: Int) -> StoreConfiguration {
-        StoreConfiguration(wal: WALConfiguration(directory: "\(dataDirectory)/shard-\(index)", segmentSizeBytes: segmentBytes),
+        StoreConfiguration(wal: WALConfiguration(directory: "\(dataDirectory)/shard-\(index)", segmentSizeBytes: segmentBytes,
+                                                 durability: walDurability),
                            cacheBytes: cacheBytes, checkpointIntervalBytes: checkpointIntervalBytes)
     }
 }

@@ -23,6 +23,7 @@ final class ShardService {
     var shardCount = 1
     private var connections: [ObjectIdentifier: FrameConnection] = [:]
     private var accepting = true
+    private var draining = false
     private var acceptTask: Task<Void, Error>?
     /// Requests being served, on every connection of this shard.
     private(set) var inFlight = 0
@@ -89,6 +90,12 @@ final class ShardService {
         await connection.readLoop({ frame in
             guard !frame.isResponse else { return }
             if frame.operation == .goAway { return }
+            // Draining: requests still in flight are answered; new ones are refused, so the drain ends soon and
+            // clients move to other replicas at once.
+            if self.draining {
+                connection.send(Frame(errorTo: frame, status: Self.status(.shuttingDown, "the range server is stopping")))
+                return
+            }
             let size = frame.encodedSize
             guard counters.value.requests < maxRequests, counters.value.bytes + size <= maxBytes else {
                 connection.send(Frame(errorTo: frame, status: Self.status(.tooManyRequests,
@@ -573,6 +580,7 @@ final class ShardService {
     /// then closes the connections and the store.
     func stop() async {
         accepting = false
+        draining = true
         try? await listener.close()
         acceptTask?.cancel()
         var goAway = Elasticstream_V1_GoAway()
