@@ -97,8 +97,9 @@ final class StreamReader {
                         continue
                     }
                     preferred[range.index] = which
-                    if records.isEmpty && !range.sealed && !refreshed && openRangeLimit == nil {
-                        // Nothing new: the range may have been sealed meanwhile (its writer moved on).
+                    if records.isEmpty && !range.sealed && !refreshed && openRangeLimit == nil,
+                       await mayHaveBeenSealed(range, at: address) {
+                        // The range was sealed meanwhile (its writer moved on): learn where the stream goes next.
                         try await refresh()
                         refreshed = true
                         if self.range(containing: offset)?.index != range.index || self.range(containing: offset)?.sealed == true {
@@ -122,6 +123,21 @@ final class StreamReader {
             try? await client.context.sleep(for: .milliseconds(50))
         }
         throw lastError ?? .unavailable("no replica of stream \(streamID) answered for offset \(offset)")
+    }
+
+    /// Whether the replica at `address` says `range` is sealed (or does not answer plainly): only then is the
+    /// placement driver asked again, so an idle tail costs a range server a DESCRIBE_RANGE per wait, not the
+    /// placement driver a read.
+    private func mayHaveBeenSealed(_ range: RangeRecord, at address: String) async -> Bool {
+        var request = Elasticstream_V1_DescribeRangeRequest()
+        request.streamID = range.streamID
+        request.rangeIndex = range.index
+        let answer = await client.server(address).call(.describeRange, header: request,
+                                                       timeout: client.configuration.requestTimeout)
+        guard case .success(let frame) = answer,
+              let description = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self)
+        else { return true }
+        return description.range.sealed
     }
 
     /// The records of a FETCH answer at or after `offset` and below `end`, every batch checked.

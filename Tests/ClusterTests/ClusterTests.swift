@@ -705,3 +705,37 @@ extension ClusterTests {
         #expect(after?.code == .rangeNotFound, "the deleted stream's replica is still there: \(String(describing: after))")
     }
 }
+
+extension ClusterTests {
+    /// A replica that stops answering (its process is stopped with SIGSTOP, its connections stay open) does not
+    /// delay acknowledgements: the two others confirm every append, no append waits for the stopped one, and the
+    /// writer stays on its range. The stopped replica is marked failed when its appends time out.
+    @Test func aStalledReplicaDoesNotDelayAcknowledgements() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (outcome, stalled) = try await withClient(reactor, cluster) { box -> (Load.Outcome, Int) in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let writer = try await client.openStream(stream)
+            let stalled = cluster.node(of: writer.ranges.last!.servers[2])!
+            let load = Load(writer, inFlight: 4, offset: 0)
+            load.start(on: client.context)
+            try await client.context.sleep(for: .seconds(1))
+            let stoppedAt = ContinuousClock.now
+            cluster.signal(stalled, SIGSTOP)
+            try await client.context.sleep(for: .seconds(4))
+            cluster.signal(stalled, SIGCONT)
+            return (await load.finish(killedAt: stoppedAt), stalled)
+        }
+        print("stalled replica (node \(stalled)): longest append \(outcome.stall), appends in the second before "
+              + "\(outcome.before), in the last second \(outcome.after), failovers \(outcome.failovers)")
+        #expect(outcome.errors.isEmpty, "\(outcome.errors.prefix(3))")
+        #expect(outcome.failovers == 0, "the writer left its range although two replicas answered")
+        #expect(outcome.stall < .milliseconds(500), "an append waited \(outcome.stall) for the stalled replica")
+        #expect(outcome.after * 4 >= outcome.before)
+    }
+}

@@ -119,6 +119,12 @@ final class NodeCluster: @unchecked Sendable {
         process.waitUntilExit()
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT) to node `node`'s process.
+    func signal(_ node: Int, _ signal: Int32) {
+        guard let process = lock.withLock({ processes[node] }) else { return }
+        Foundation.kill(process.processIdentifier, signal)
+    }
+
     /// SIGTERM, and the exit status.
     func terminate(_ node: Int) -> Int32? {
         guard let process = lock.withLock({ processes.removeValue(forKey: node) }) else { return nil }
