@@ -273,6 +273,7 @@ final class NodeGroup: @unchecked Sendable {
                 segment_bytes = 67108864
                 cache_bytes = 67108864
                 wal_durability = "\(durability.rawValue)"
+                wal_max_flush_bytes = \(ProcessInfo.processInfo.environment["ES_WAL_MAX_FLUSH_BYTES"] ?? "1048576")
                 """.write(toFile: path, atomically: true, encoding: .utf8)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)

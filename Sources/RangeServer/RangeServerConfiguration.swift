@@ -25,6 +25,8 @@ public struct RangeServerConfiguration: Sendable, Hashable {
     /// kernel's io-wq threads, which cost most when several processes share few cores) or "fdatasync" (a write, then
     /// an fdatasync).
     public var walDurability: WALConfiguration.Durability = .dsyncWrite
+    /// The largest single WAL write: appends waiting together beyond it go out in the next flush.
+    public var walMaxFlushBytes = 1 << 20
     /// Requests served at once per connection; past it, TOO_MANY_REQUESTS.
     public var maxRequestsPerConnection = 1024
     /// Bytes of requests served at once per connection; past it, TOO_MANY_REQUESTS.
@@ -81,6 +83,11 @@ public struct RangeServerConfiguration: Sendable, Hashable {
                     throw Invalid(description: "\(place) must be \"fdatasync\" or \"dsync-write\", not \"\(text)\"")
                 }
                 walDurability = durability
+            case "wal_max_flush_bytes":
+                walMaxFlushBytes = try PDConfiguration.integer(value, place, in: (1 << 20)...(64 << 20))
+                guard walMaxFlushBytes % 4096 == 0 else {
+                    throw Invalid(description: "\(place) must be a multiple of 4096")
+                }
             case "checkpoint_interval_bytes":
                 checkpointIntervalBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 40))
             case "max_requests_per_connection":
@@ -101,7 +108,7 @@ public struct RangeServerConfiguration: Sendable, Hashable {
 
     func store(shard index: Int) -> StoreConfiguration {
         StoreConfiguration(wal: WALConfiguration(directory: "\(dataDirectory)/shard-\(index)", segmentSizeBytes: segmentBytes,
-                                                 durability: walDurability),
+                                                 maxFlushBytes: walMaxFlushBytes, durability: walDurability),
                            cacheBytes: cacheBytes, checkpointIntervalBytes: checkpointIntervalBytes)
     }
 }
