@@ -30,6 +30,7 @@ public final class RangeServer: Sendable {
                              on context: ShardContext) async throws -> RangeServer
     {
         precondition(context.shardIndex == 0, "start the range server from shard 0")
+        try checkShardCount(reactor.shardCount, in: configuration.dataDirectory)
         var services: [ShardBound<ShardService>] = []
         for index in 0..<reactor.shardCount {
             let service = try await reactor.run(on: index) { shard in
@@ -95,8 +96,10 @@ final class Registrar {
     let context: ShardContext
     let logger = Logger(label: "elastic-stream.range-server")
     var serverID: UInt64 = 0
+    private var idStored = false
     private var stopped = false
     private var task: Task<Void, Error>?
+    private var reconcileTask: Task<Void, Error>?
     private var lastBeat: Instant
 
     init(configuration: RangeServerConfiguration, placementDriver: [String], reactor: Reactor,
@@ -108,6 +111,7 @@ final class Registrar {
         self.context = context
         lastBeat = context.now
         serverID = Self.storedID(configuration.dataDirectory) ?? 0
+        idStored = serverID != 0
     }
 
     static func storedID(_ directory: String) -> UInt64? {
@@ -120,7 +124,9 @@ final class Registrar {
         task = context.spawn { await bound.value.run() }
     }
 
-    private func run() async {
+    /// Registers (again) with the stored id until the placement driver answers; keeps the id it gives durably.
+    /// False when the server stopped first.
+    private func register() async -> Bool {
         var backoff = Duration.milliseconds(100)
         while !stopped {
             var request = Elasticstream_V1_RegisterRangeServerRequest()
@@ -129,42 +135,68 @@ final class Registrar {
             do {
                 let response = try await pd.call(.registerRangeServer, request,
                                                  as: Elasticstream_V1_RegisterRangeServerResponse.self)
-                serverID = response.serverID
-                break
+                if response.serverID != serverID || !idStored {
+                    // Registering again with this id is idempotent: a failed write is retried with it.
+                    serverID = response.serverID
+                    try Self.storeID(response.serverID, in: configuration.dataDirectory)
+                    idStored = true
+                }
+                let id = serverID
+                for index in 0..<services.count {
+                    let services = services
+                    _ = try? await reactor.run(on: index) { _ in services[index].value.serverID = id }
+                }
+                logger.info("range server registered", metadata: ["server": "\(serverID)",
+                                                                  "shards": "\(configuration.shardAddress(0))..."])
+                return true
             } catch {
                 logger.warning("registration with the placement driver failed; retrying", metadata: ["error": "\(error)"])
                 try? await context.sleep(for: backoff)
                 backoff = min(backoff * 2, .seconds(2))
             }
         }
-        guard !stopped else { return }
-        do {
-            try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
-            try "\(serverID)\n".write(toFile: "\(configuration.dataDirectory)/server-id", atomically: true, encoding: .utf8)
-        } catch {
-            logger.error("cannot keep the server id", metadata: ["error": "\(error)"])
-        }
-        let id = serverID
-        for index in 0..<services.count {
-            let services = services
-            _ = try? await reactor.run(on: index) { _ in services[index].value.serverID = id }
-        }
-        logger.info("range server registered", metadata: ["server": "\(serverID)",
-                                                          "shards": "\(configuration.shardAddress(0))..."])
-        var lastReconcile: Instant?
+        return false
+    }
+
+    /// Writes the server id through a temporary file, synced, renamed, with the directory synced: a server that
+    /// forgot its id would come back as another server.
+    static func storeID(_ id: UInt64, in directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try writeDurably("\(id)\n", to: "\(directory)/server-id")
+    }
+
+    private func run() async {
+        guard await register() else { return }
+        let bound = ShardBound(self)
+        // Reconciliation may take a while (seals, repairs): it runs beside the heartbeats, not between them.
+        reconcileTask = context.spawn { await bound.value.reconcileLoop() }
         while !stopped {
-            if lastReconcile.map({ context.now - $0 >= configuration.reconcileInterval }) ?? true {
-                lastReconcile = context.now
-                await reconcile()
-            }
             try? await context.sleep(for: configuration.heartbeatInterval)
             if stopped { break }
-            _ = try? await heartbeat(.serverOnline)
+            do {
+                try await heartbeat(.serverOnline)
+            } catch {
+                // The placement driver does not know this server (its state was lost or restored): register again.
+                if error.code == .serverNotFound {
+                    logger.warning("the placement driver does not know this server; registering again")
+                    guard await register() else { return }
+                }
+            }
         }
     }
 
-    /// Takes every shard's replicas, then the placement driver's ranges for this server, and hands each shard its
-    /// part (`ShardService.reconcile`).
+    private func reconcileLoop() async {
+        while !stopped {
+            await reconcile()
+            try? await context.sleep(for: configuration.reconcileInterval)
+        }
+    }
+
+    /// Takes every shard's replicas, then the placement driver's ranges for this server. Each shard seals (and
+    /// repairs) the ranges sealed there. A replica the placement driver does not list for this server is deleted
+    /// only on positive evidence that its range is gone: its stream is marked deleted, or the stream's ranges now
+    /// start past it (trimmed). A stream the placement driver does not know at all is kept (its state may have been
+    /// lost) and reported.
     private func reconcile() async {
         var held: [[RangeKey]] = []
         for index in 0..<services.count {
@@ -180,14 +212,39 @@ final class Registrar {
             logger.warning("could not list this server's ranges", metadata: ["error": "\(error)"])
             return
         }
+        let listedKeys = Set(listed.map { RangeKey(streamID: $0.streamID, index: $0.index) })
+        var gone: Set<RangeKey> = []
+        let unlisted = held.joined().filter { !listedKeys.contains($0) }
+        for (stream, keys) in Dictionary(grouping: unlisted, by: \.streamID) {
+            var describe = Elasticstream_V1_DescribeStreamRequest()
+            describe.streamID = stream
+            do {
+                let record = try await pd.call(.describeStream, describe, as: Elasticstream_V1_DescribeStreamResponse.self)
+                if record.stream.deleted {
+                    gone.formUnion(keys)
+                    continue
+                }
+                var list = Elasticstream_V1_ListRangesRequest()
+                list.streamID = stream
+                let ranges = try await pd.call(.listRanges, list, as: Elasticstream_V1_ListRangesResponse.self).ranges
+                guard let first = ranges.map(\.index).min() else { continue }
+                gone.formUnion(keys.filter { $0.index < first })
+            } catch {
+                if error.code == .streamNotFound {
+                    logger.error("replicas of a stream the placement driver does not know are kept",
+                                 metadata: ["stream": "\(stream)", "replicas": "\(keys.count)"])
+                }
+            }
+        }
         let count = services.count
         for index in 0..<count {
             let mine = listed.filter {
-                RangeRouting.shard(streamID: $0.streamID, rangeIndex: $0.index, shardCount: count) == index
+                $0.sealed && RangeRouting.shard(streamID: $0.streamID, rangeIndex: $0.index, shardCount: count) == index
             }
+            let doomed = held[index].filter { gone.contains($0) }
+            guard !mine.isEmpty || !doomed.isEmpty else { continue }
             let services = services
-            let keys = held[index]
-            _ = try? await reactor.run(on: index) { _ in await services[index].value.reconcile(listed: mine, held: keys) }
+            _ = try? await reactor.run(on: index) { _ in await services[index].value.reconcile(sealed: mine, gone: doomed) }
         }
     }
 
@@ -219,6 +276,7 @@ final class Registrar {
     func stop() async {
         stopped = true
         task?.cancel()
+        reconcileTask?.cancel()
         if serverID != 0 {
             pd.timeout = .seconds(1)
             do {
@@ -234,3 +292,47 @@ final class Registrar {
 
 @available(*, unavailable)
 extension Registrar: Sendable {}
+
+/// Why the range server cannot start on its data directory.
+public struct RangeServerStartError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Ranges live on the shard their hash picks among `count` shards: a data directory written with another shard count
+/// holds its replicas on the wrong shards, so the server refuses it (with the count it needs) rather than serve
+/// (and reconcile) them as missing.
+func checkShardCount(_ count: Int, in directory: String) throws {
+    let path = "\(directory)/shards"
+    if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+        guard let stored = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw RangeServerStartError(description: "\(path) does not hold a shard count")
+        }
+        guard stored == count else {
+            throw RangeServerStartError(description: "\(directory) was written by a range server with \(stored) shards; "
+                                        + "this configuration has \(count) (set [reactor] cpus to \(stored) CPUs, or use another data_dir)")
+        }
+        return
+    }
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    try writeDurably("\(count)\n", to: path)
+}
+
+/// Writes `text` to `path` through a temporary file that is synced, then renamed, then the directory synced.
+func writeDurably(_ text: String, to path: String) throws {
+    let temporary = path + ".tmp"
+    let bytes = Array(text.utf8)
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw RangeServerStartError(description: "cannot create \(temporary): errno \(errno)") }
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    let synced = fsync(fd)
+    close(fd)
+    guard written == bytes.count, synced == 0 else {
+        throw RangeServerStartError(description: "cannot write \(temporary): errno \(errno)")
+    }
+    guard rename(temporary, path) == 0 else { throw RangeServerStartError(description: "cannot rename \(temporary): errno \(errno)") }
+    let directory = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
+    if directory >= 0 {
+        fsync(directory)
+        close(directory)
+    }
+}

@@ -34,6 +34,8 @@ final class ShardService {
     private var sweeping = false
     /// Ranges being repaired from peers.
     private var repairing: Set<RangeKey> = []
+    private var activeRepairs = 0
+    private var queuedRepairs: [(RangeKey, UInt64, [Elasticstream_V1_RangeServer])] = []
     private var peers: [String: RPCClient] = [:]
     /// Appended bytes since the last heartbeat (the load the server reports).
     var appendedBytes: UInt64 = 0
@@ -362,7 +364,9 @@ final class ShardService {
         if request.range.sealed {
             try await seal(key, request.range)
         } else {
-            // The fence is on disk before it is answered; a range not created here yet is fenced too.
+            // The fence is on disk before it is answered; a range not created here yet is fenced too. A fence of an
+            // older epoch than one already here comes from a writer that is fenced itself.
+            try checkEpoch(request.epoch, of: key)
             do {
                 try await fences.fence(key, epoch: request.epoch)
             } catch {
@@ -393,30 +397,24 @@ final class ShardService {
         }
     }
 
-    /// Brings this shard's replicas in line with the placement driver's ranges for this server (`listed`, read
-    /// after `held` was taken): a range sealed there is sealed here and repaired (a seal missed while this server
-    /// was down, or a repair a restart cut short); a replica in `held` that the placement driver no longer lists
-    /// (its stream was deleted, or trimmed past it) is deleted. A range created after `held` was taken is never
-    /// deleted: the placement driver lists a range before any replica is created.
-    func reconcile(listed: [Elasticstream_V1_Range], held: [RangeKey]) async -> (sealed: Int, deleted: Int) {
-        var sealed = 0
+    /// Applies what reconciliation found (`Registrar.reconcile`): ranges sealed on the placement driver are sealed
+    /// here (and repaired when this replica holds less); replicas of ranges that are gone are deleted.
+    func reconcile(sealed: [Elasticstream_V1_Range], gone: [RangeKey]) async -> (sealed: Int, deleted: Int) {
+        var sealedCount = 0
         var deleted = 0
-        var known: Set<RangeKey> = []
-        for range in listed {
+        for range in sealed {
             let key = RangeKey(streamID: range.streamID, index: range.index)
-            known.insert(key)
-            guard range.sealed else { continue }
             let local = store.describe(key)
             if local?.sealedEnd == range.endOffset && (local?.confirmedEnd ?? 0) >= range.endOffset { continue }
             if local?.sealedEnd == range.endOffset && repairing.contains(key) { continue }
             do {
                 try await seal(key, range)
-                sealed += 1
+                sealedCount += 1
             } catch {
                 logger.warning("could not apply the placement driver's seal", metadata: ["range": "\(key)", "error": "\(error)"])
             }
         }
-        for key in held where !known.contains(key) {
+        for key in gone {
             do {
                 try await store.delete(key)
                 deleted += 1
@@ -424,10 +422,10 @@ final class ShardService {
                 logger.warning("could not delete a replica of a range that is gone", metadata: ["range": "\(key)", "error": "\(error)"])
             }
         }
-        if sealed + deleted > 0 {
-            logger.info("replicas reconciled with the placement driver", metadata: ["sealed": "\(sealed)", "deleted": "\(deleted)"])
+        if sealedCount + deleted > 0 {
+            logger.info("replicas reconciled with the placement driver", metadata: ["sealed": "\(sealedCount)", "deleted": "\(deleted)"])
         }
-        return (sealed, deleted)
+        return (sealedCount, deleted)
     }
 
     /// Refuses a request of a writer older than the one that fenced the range.
@@ -500,14 +498,32 @@ final class ShardService {
     private func startRepair(_ key: RangeKey, end: UInt64, servers: [Elasticstream_V1_RangeServer]) {
         guard !repairing.contains(key) else { return }
         repairing.insert(key)
+        // A few repairs at a time per shard: each holds a fetched megabyte, and peers bound what they serve.
+        guard activeRepairs < Self.maxConcurrentRepairs else {
+            queuedRepairs.append((key, end, servers))
+            return
+        }
+        runRepair(key, end: end, servers: servers)
+    }
+
+    static let maxConcurrentRepairs = 4
+
+    private func runRepair(_ key: RangeKey, end: UInt64, servers: [Elasticstream_V1_RangeServer]) {
+        activeRepairs += 1
         let others = servers.filter { $0.serverID != serverID && !$0.shardAddresses.isEmpty }
         logger.info("repairing a sealed range from its peers", metadata: [
             "range": "\(key)", "end": "\(end)", "peers": "\(others.map(\.serverID))",
         ])
         let bound = ShardBound(self)
         context.spawn {
-            await bound.value.repair(key, end: end, peers: others)
-            bound.value.repairing.remove(key)
+            let service = bound.value
+            await service.repair(key, end: end, peers: others)
+            service.repairing.remove(key)
+            service.activeRepairs -= 1
+            if !service.queuedRepairs.isEmpty {
+                let (nextKey, nextEnd, nextServers) = service.queuedRepairs.removeFirst()
+                service.runRepair(nextKey, end: nextEnd, servers: nextServers)
+            }
         }
     }
 

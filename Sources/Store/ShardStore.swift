@@ -249,8 +249,9 @@ public final class ShardStore {
             range.settled()
             throw error
         }
-        // The WAL applied the batch to the index (and the cache) when its flush became durable.
-        assert(range.confirmedEnd >= batch.endOffset)
+        // The WAL applied the batch to the index (and the cache) when its flush became durable, unless the range
+        // was deleted (or recreated) meanwhile: then the batch was dropped.
+        guard ranges[key] === range, range.confirmedEnd >= batch.endOffset else { return .rangeNotFound }
         checkpointIfDue()
         return .committed(confirmedEnd: batch.endOffset)
     }
@@ -310,6 +311,7 @@ public final class ShardStore {
             range.settled()
             throw error
         }
+        guard ranges[key] === range, range.confirmedEnd >= batch.endOffset else { return .rangeNotFound }
         checkpointIfDue()
         return .committed(confirmedEnd: range.confirmedEnd)
     }

@@ -60,6 +60,8 @@ public final class RPCClient {
     private var pending: [UInt64: Call] = [:]
     private var outstanding = 0
     private var outstandingBytes = 0
+    /// Calls of the current connection that timed out unanswered, with their bytes.
+    private var ghosts: [UInt64: Int] = [:]
     private var nextRequestID: UInt64 = 1
     private var sweeping = false
     private var closedForGood = false
@@ -169,7 +171,13 @@ public final class RPCClient {
             outstanding += 1
             outstandingBytes += wire.count
             if !connection.send(wire: wire, requestID: id) {
+                // A dropped frame would let later ones overtake it: the connection is given up instead, and every
+                // call sent on it fails.
+                let failed = connection
+                let bound = ShardBound(failed)
+                context.spawn { await bound.value.close() }
                 resolve(id, .failure(.unreachable(address: address, detail: "the send queue is full or closed")))
+                return
             }
         }
         if queuedHead == queued.count {
@@ -209,6 +217,7 @@ public final class RPCClient {
         defer { connecting = false }
         let parts = address.split(separator: ":")
         guard parts.count == 2, let port = UInt16(parts[1]) else {
+            connecting = false
             failQueued(.unreachable(address: address, detail: "not host:port"))
             return
         }
@@ -220,6 +229,8 @@ public final class RPCClient {
                 ShardBound(try await ShardContext(shard: shard).connect(host: host, port: port))
             }.value
         } catch {
+            // A call made from a failure callback then connects again.
+            connecting = false
             failQueued(.unreachable(address: address, detail: "\(error)"))
             return
         }
@@ -234,6 +245,7 @@ public final class RPCClient {
         goingAway = false
         outstanding = 0
         outstandingBytes = 0
+        ghosts = [:]
         let bound = ShardBound((self, framed))
         context.spawn {
             await bound.value.1.readLoop { frame in
@@ -257,6 +269,7 @@ public final class RPCClient {
         connection = nil
         outstanding = 0
         outstandingBytes = 0
+        ghosts = [:]
         if queuedHead < queued.count { connect() }
     }
 
@@ -285,10 +298,23 @@ public final class RPCClient {
     }
 
     private func resolve(_ id: UInt64, _ result: Result<Frame, CallError>) {
-        guard let call = pending.removeValue(forKey: id) else { return }
+        guard let call = pending.removeValue(forKey: id) else {
+            // A late answer to a call that timed out: its slot on the wire is free now.
+            if let bytes = ghosts.removeValue(forKey: id) {
+                outstanding -= 1
+                outstandingBytes -= bytes
+                if queuedHead < queued.count { pump() }
+            }
+            return
+        }
         if call.generation != 0 && call.generation == generation {
-            outstanding -= 1
-            outstandingBytes -= call.bytes
+            if case .failure(.timedOut) = result {
+                // Still on the wire (or at the server): it keeps its slot until answered or the connection ends.
+                ghosts[id] = call.bytes
+            } else {
+                outstanding -= 1
+                outstandingBytes -= call.bytes
+            }
         }
         call.callback(result)
         if call.generation != 0 && queuedHead < queued.count { pump() }
@@ -301,6 +327,7 @@ public final class RPCClient {
         queuedHead = 0
         outstanding = 0
         outstandingBytes = 0
+        ghosts = [:]
         for (_, call) in waiting { call.callback(.failure(error)) }
     }
 }

@@ -1,5 +1,5 @@
 @testable import Client
-import RangeServer
+@testable import RangeServer
 import Foundation
 import PlacementDriver
 import Platform
@@ -737,5 +737,52 @@ extension ClusterTests {
         #expect(outcome.failovers == 0, "the writer left its range although two replicas answered")
         #expect(outcome.stall < .milliseconds(500), "an append waited \(outcome.stall) for the stalled replica")
         #expect(outcome.after * 4 >= outcome.before)
+    }
+}
+
+extension ClusterTests {
+    /// Reconciliation deletes only on evidence: a replica of a stream the placement driver does not know (its state
+    /// lost, or the replica left by a foreign cluster) is kept, while one of a deleted stream goes.
+    @Test func reconciliationKeepsReplicasOfUnknownStreams() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1)
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let kept = try await withClient(reactor, cluster) { box -> CallError? in
+            let client = box.value
+            try await waitForServers(client, 1)
+            let direct = RPCClient(address: cluster.serverAddress(1), on: client.context)
+            var create = Elasticstream_V1_CreateRangeRequest()
+            create.range.streamID = 999_999
+            create.range.index = 3
+            _ = await direct.call(.createRange, header: create, timeout: .seconds(2))
+            // Three reconciliations (every second in tests).
+            try await client.context.sleep(for: .milliseconds(3500))
+            var describe = Elasticstream_V1_DescribeRangeRequest()
+            describe.streamID = 999_999
+            describe.rangeIndex = 3
+            let answer = await direct.call(.describeRange, header: describe, timeout: .seconds(2))
+            await direct.close()
+            if case .failure(let error) = answer { return error }
+            return nil
+        }
+        #expect(kept == nil, "the replica of an unknown stream was removed: \(String(describing: kept))")
+        #expect(cluster.log(1).contains("does not know are kept"))
+    }
+
+    /// A data directory written with one shard count is refused with another (its replicas would sit on the wrong
+    /// shards); the first start records the count.
+    @Test func aDataDirectoryKeepsItsShardCount() throws {
+        let directory = "/var/tmp/es-shards-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try checkShardCount(2, in: directory)
+        try checkShardCount(2, in: directory)
+        do {
+            try checkShardCount(3, in: directory)
+            Issue.record("a data directory of 2 shards was accepted for 3")
+        } catch {
+            #expect("\(error)".contains("2 shards") && "\(error)".contains("has 3"), "\(error)")
+        }
     }
 }
