@@ -76,6 +76,8 @@ final class StreamReader {
                 request.startOffset = offset
                 request.endOffset = limit
                 request.maxBytes = UInt32(clamping: maxBytes)
+                // A reader other than the writer sees only what the writer acknowledged.
+                request.committedOnly = openRangeLimit == nil
                 request.maxWaitMs = range.sealed ? 0 : UInt32(wait.components.seconds * 1000
                     + wait.components.attoseconds / 1_000_000_000_000_000)
                 let answer = await client.server(address).call(.fetch, header: request,

@@ -27,7 +27,9 @@ public final class StreamWriter {
     private var replicas: [Replica] = []
     /// Bumped with every new range: answers about an older one are ignored.
     private var generation: UInt64 = 0
-    private var appendHeader: [UInt8] = []
+    private var appendHeader = Elasticstream_V1_AppendRequest()
+    /// A notice of the acknowledged end is due (nothing was in flight to carry it).
+    private var noticeScheduled = false
     /// The offset the next append gets.
     public private(set) var nextOffset: UInt64 = 0
     /// Every record below is confirmed by `ackCount` replicas (and acknowledged to its caller).
@@ -272,7 +274,7 @@ public final class StreamWriter {
         header.epoch = epoch
         header.timeoutMs = UInt32(clamping: configuration.appendTimeout.components.seconds * 1000
             + configuration.appendTimeout.components.attoseconds / 1_000_000_000_000_000)
-        appendHeader = (try? header.serializedBytes()) ?? []
+        appendHeader = header
     }
 
     /// Calls every address at once and returns every answer, in address order.
@@ -349,10 +351,13 @@ public final class StreamWriter {
     private func send(_ position: Int) {
         let generation = generation
         let size = entries[position].bytes.count
+        // Each append tells the replicas the acknowledged end so far (committed-only readers stop there).
+        appendHeader.acknowledgedOffset = acknowledgedEnd
+        let header = (try? appendHeader.serializedBytes() as [UInt8]) ?? []
         let wire: [UInt8]
         do {
             wire = try entries[position].bytes.withUnsafeBytes { raw in
-                try Frame.encodeRequest(operation: .append, requestID: 0, header: appendHeader, payload: raw)
+                try Frame.encodeRequest(operation: .append, requestID: 0, header: header, payload: raw)
             }
         } catch {
             // `append` refuses batches over the frame limit, so this does not happen; if it did, nothing is sent
@@ -413,6 +418,7 @@ public final class StreamWriter {
             entries.removeFirst(head)
             head = 0
         }
+        if head == entries.count && acknowledgedEnd > appendHeader.acknowledgedOffset { scheduleNotice() }
         wakeRoomWaiters()
         // A replica lags when it has this much more unanswered than the replicas that make the acknowledgements.
         let healthy = replicas.filter { !$0.failed }
@@ -422,6 +428,31 @@ public final class StreamWriter {
             replica.failed = true
             startFailover("replica \(replica.server.serverID) lags by \(replica.unanswered - reference) bytes")
             return
+        }
+    }
+
+    /// When the writer goes idle, the replicas have not heard the last acknowledged end (it rides on the next
+    /// append): shortly after, unless an append carried it meanwhile, an APPEND without records tells them.
+    private func scheduleNotice() {
+        guard !noticeScheduled else { return }
+        noticeScheduled = true
+        let bound = ShardBound(self)
+        context.spawn {
+            try? await bound.value.context.sleep(for: .milliseconds(2))
+            bound.value.sendNotice()
+        }
+    }
+
+    private func sendNotice() {
+        noticeScheduled = false
+        guard fatal == nil, !failingOver, acknowledgedEnd > appendHeader.acknowledgedOffset else { return }
+        appendHeader.acknowledgedOffset = acknowledgedEnd
+        guard let header = try? appendHeader.serializedBytes() as [UInt8],
+              let wire = try? Frame.encodeRequest(operation: .append, requestID: 0, header: header,
+                                                  payload: UnsafeRawBufferPointer(start: nil, count: 0))
+        else { return }
+        for replica in replicas where !replica.failed {
+            client.server(replica.address).send(wire: wire, timeout: configuration.appendTimeout) { _ in }
         }
     }
 

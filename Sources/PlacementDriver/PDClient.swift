@@ -14,6 +14,10 @@ public final class PDClient {
     let context: ShardContext
     /// How long one call may take, retries included.
     public var timeout: Duration
+    /// How long one attempt waits for its answer before the call moves to the next member: a member that stalls
+    /// (its process stopped, its disk hung) while its connection stays open must not hold the call until `timeout`.
+    /// Retrying a write is safe: the placement driver answers a repeat of the same call with the first result.
+    public var attemptTimeout: Duration = .seconds(1)
     private var target = 0
     private var connection: FrameConnection?
     private var pending: [UInt64: UnsafeContinuation<Result<Frame, PDError>, Never>] = [:]
@@ -62,10 +66,14 @@ public final class PDClient {
         while context.now < deadline {
             let frame: Frame
             do {
-                frame = try await attempt(operation, header, identity, until: deadline)
+                frame = try await attempt(operation, header, identity, until: min(deadline, context.now + attemptTimeout))
             } catch {
                 last = error
-                if error.code == .timeout { break }
+                if error.code == .timeout {
+                    // No answer in time from this member: ask the next one (it names the leader if it is not).
+                    await switchTo((target + 1) % addresses.count)
+                    continue
+                }
                 try? await context.sleep(for: min(backoff, .milliseconds(50)))
                 backoff = min(backoff * 2, .milliseconds(500))
                 continue

@@ -39,6 +39,8 @@ final class ShardService {
     private var peers: [String: RPCClient] = [:]
     /// Appended bytes since the last heartbeat (the load the server reports).
     var appendedBytes: UInt64 = 0
+    /// The writer's acknowledged end per open range, as its appends last said (in memory).
+    private var acknowledged: [RangeKey: UInt64] = [:]
     /// Epochs that fenced ranges here (on disk).
     let fences: FenceTable
 
@@ -231,8 +233,15 @@ final class ShardService {
         let request = try frame.header(as: Elasticstream_V1_AppendRequest.self)
         let key = RangeKey(streamID: request.streamID, index: request.rangeIndex)
         try checkEpoch(request.epoch, of: key)
+        noteAcknowledged(request.acknowledgedOffset, of: key)
         let payloadCount = frame.withPayload { $0.count }
-        guard payloadCount > 0 else { throw Refusal(.badRequest, "an append carries at least one record batch") }
+        guard payloadCount > 0 else {
+            // Only the writer's acknowledged end (it had nothing more to send).
+            guard let description = store.describe(key) else { throw Refusal(.rangeNotFound, "no replica of \(key) here") }
+            var response = Elasticstream_V1_AppendResponse()
+            response.confirmedOffset = description.confirmedEnd
+            return try Frame(responseTo: frame, header: response)
+        }
         // The store may hold the bytes across a wait for room in the log: they live in one buffer until it answers.
         let stable = UnsafeMutableRawBufferPointer.allocate(byteCount: payloadCount, alignment: 8)
         defer { stable.deallocate() }
@@ -305,8 +314,14 @@ final class ShardService {
         let bound = request.endOffset == 0 ? UInt64.max : request.endOffset
         let wait = min(Duration.milliseconds(Int64(request.maxWaitMs)), configuration.maxFetchWait)
         let deadline = context.now + wait
+        // Committed-only readers of an open range see no further than the writer's acknowledged end.
+        func readable(_ description: RangeDescription) -> UInt64 {
+            let end = Self.readable(description)
+            guard request.committedOnly, description.sealedEnd == nil else { return end }
+            return min(end, max(acknowledged[key] ?? 0, description.start))
+        }
         // A tailing reader waits for records past the end (or for the seal) within its bound.
-        while request.maxWaitMs > 0, request.startOffset >= Self.readable(description), request.startOffset < bound,
+        while request.maxWaitMs > 0, request.startOffset >= readable(description), request.startOffset < bound,
               !Self.complete(description), context.now < deadline {
             await waitForChange(key, until: deadline)
             guard let refreshed = store.describe(key) else { throw Refusal(.rangeNotFound, "\(key) was deleted") }
@@ -314,14 +329,15 @@ final class ShardService {
         }
         var payload: [UInt8] = []
         var next = request.startOffset
-        if request.startOffset < min(Self.readable(description), bound) {
+        let limit = min(readable(description), bound)
+        if request.startOffset < limit {
             // The answer must fit in a frame.
             let budget = min(max(Int(request.maxBytes), 1), configuration.maxFrameBytes - (64 << 10))
             let batches = try await store.read(key, from: request.startOffset, maxBytes: budget)
             for batch in batches {
                 let base = batch.withUnsafeBytes { RecordBatchView(alreadyValidated: $0).baseOffset }
                 let end = batch.withUnsafeBytes { RecordBatchView(alreadyValidated: $0).endOffset }
-                if base >= bound { break }
+                if base >= limit { break }
                 payload += batch
                 next = end
             }
@@ -391,6 +407,7 @@ final class ShardService {
         }
         if store.describe(key) == nil { try await store.createRange(key, start: range.startOffset) }
         _ = try await store.seal(key, at: end)
+        acknowledged[key] = nil
         wake(key)
         if let description = store.describe(key), description.confirmedEnd < end {
             startRepair(key, end: end, servers: range.servers)
@@ -415,6 +432,7 @@ final class ShardService {
             }
         }
         for key in gone {
+            acknowledged[key] = nil
             do {
                 try await store.delete(key)
                 deleted += 1
@@ -426,6 +444,14 @@ final class ShardService {
             logger.info("replicas reconciled with the placement driver", metadata: ["sealed": "\(sealedCount)", "deleted": "\(deleted)"])
         }
         return (sealedCount, deleted)
+    }
+
+    /// Raises the writer's acknowledged end known for `key` (committed-only reads of the open range stop there), and
+    /// wakes readers waiting on it.
+    private func noteAcknowledged(_ offset: UInt64, of key: RangeKey) {
+        guard offset > acknowledged[key] ?? 0 else { return }
+        acknowledged[key] = offset
+        wake(key)
     }
 
     /// Refuses a request of a writer older than the one that fenced the range.

@@ -727,6 +727,7 @@ extension ClusterTests {
             try await client.context.sleep(for: .seconds(1))
             let stoppedAt = ContinuousClock.now
             cluster.signal(stalled, SIGSTOP)
+            cluster.waitUntilStopped(stalled)
             try await client.context.sleep(for: .seconds(4))
             cluster.signal(stalled, SIGCONT)
             return (await load.finish(killedAt: stoppedAt), stalled)
@@ -784,5 +785,82 @@ extension ClusterTests {
         } catch {
             #expect("\(error)".contains("2 shards") && "\(error)".contains("has 3"), "\(error)")
         }
+    }
+}
+
+extension ClusterTests {
+    /// A reader other than the writer sees only acknowledged records of the open range: with one of three replicas
+    /// stopped and an ack count of 3, a new record sits on two replicas unacknowledged and stays invisible to it
+    /// (a plain FETCH shows it); once the replica resumes and the append is acknowledged, the reader sees it.
+    @Test func readersSeeOnlyAcknowledgedRecordsOfTheOpenRange() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (during, dirty, after, appended) = try await withClient(reactor, cluster) { box -> ([UInt64], Int, [UInt64], UInt64?) in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 3).streamID
+            let writer = Box(try await client.openStream(stream))
+            for n in 0..<5 { _ = try await writer.value.append([record(n)]) }
+            let range = writer.value.ranges.last!
+            // Stop a replica that neither leads the placement driver (the reader asks it too) nor is the one a
+            // reader asks first (it would wait out its request timeout there).
+            let leader = Int(try await client.describeCluster().leaderID)
+            let nodes = range.servers.compactMap { cluster.node(of: $0) }
+            let stopped = nodes.dropFirst().first { $0 != leader }!
+            let live = nodes[0]
+            cluster.signal(stopped, SIGSTOP)
+            cluster.waitUntilStopped(stopped)
+            let pending = client.context.spawn { try await writer.value.append([record(5)]) }
+            try await client.context.sleep(for: .milliseconds(300))
+            let during = try await client.read(stream: stream, from: 0).map(\.offset)
+            // The same replica, asked without the bound.
+            let direct = RPCClient(address: cluster.serverAddress(live), on: client.context)
+            var fetch = Elasticstream_V1_FetchRequest()
+            fetch.streamID = stream
+            fetch.rangeIndex = range.index
+            fetch.maxBytes = 1 << 20
+            let raw = (try? await direct.call(.fetch, header: fetch, timeout: .seconds(2)).get())
+                .flatMap { try? StreamReader.decode($0, from: 0, below: .max) } ?? []
+            await direct.close()
+            cluster.signal(stopped, SIGCONT)
+            let appended = try? await pending.value
+            try await client.context.sleep(for: .milliseconds(100))
+            let after = try await client.read(stream: stream, from: 0).map(\.offset)
+            await writer.value.close()
+            return (during, raw.count, after, appended)
+        }
+        #expect(during == [0, 1, 2, 3, 4], "a reader saw \(during) while record 5 was unacknowledged")
+        #expect(dirty == 6, "the replica itself should hold the unacknowledged record (saw \(dirty))")
+        #expect(appended == 5)
+        #expect(after == [0, 1, 2, 3, 4, 5], "after the acknowledgement the reader saw \(after)")
+    }
+}
+
+extension ClusterTests {
+    /// A placement driver leader that stalls with its connections open (SIGSTOP) does not hold a call until the
+    /// call's timeout: the attempt gives up after a second and the next member (or the new leader) answers.
+    @Test func aStalledLeaderDoesNotHoldPlacementDriverCalls() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let waited = try await withClient(reactor, cluster) { box -> Duration in
+            let client = box.value
+            try await waitForServers(client, 3)
+            _ = try await client.createStream(replicas: 3, ackCount: 2)
+            let leader = Int(try await client.describeCluster().leaderID)
+            cluster.signal(leader, SIGSTOP)
+            cluster.waitUntilStopped(leader)
+            defer { cluster.signal(leader, SIGCONT) }
+            let started = ContinuousClock.now
+            _ = try await client.createStream(replicas: 3, ackCount: 2)
+            return ContinuousClock.now - started
+        }
+        print("placement driver call with its leader stopped: \(waited)")
+        #expect(waited < .seconds(4), "the call waited \(waited) on a stopped leader")
     }
 }

@@ -125,6 +125,25 @@ final class NodeCluster: @unchecked Sendable {
         Foundation.kill(process.processIdentifier, signal)
     }
 
+    /// Waits (at most 2 s) until every thread of node `node` is stopped (after SIGSTOP, which takes effect
+    /// asynchronously).
+    func waitUntilStopped(_ node: Int) {
+        guard let process = lock.withLock({ processes[node] }) else { return }
+        let tasks = "/proc/\(process.processIdentifier)/task"
+        let deadline = Date().addingTimeInterval(2)
+        while Date() < deadline {
+            let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
+            let stopped = threads.allSatisfy { thread in
+                guard let stat = try? String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return true }
+                let state = stat[stat.index(close, offsetBy: 2)]
+                return state == "T" || state == "t"
+            }
+            if stopped && !threads.isEmpty { return }
+            usleep(1000)
+        }
+    }
+
     /// SIGTERM, and the exit status.
     func terminate(_ node: Int) -> Int32? {
         guard let process = lock.withLock({ processes.removeValue(forKey: node) }) else { return nil }

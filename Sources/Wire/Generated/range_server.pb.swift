@@ -156,6 +156,10 @@ public nonisolated struct Elasticstream_V1_AppendRequest: Sendable {
 
   public var timeoutMs: UInt32 = 0
 
+  /// The writer's acknowledged end when it sent this (every record below is on ack_count replicas). Readers that ask
+  /// for committed records see no further in an open range. An APPEND without a payload only carries this.
+  public var acknowledgedOffset: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -205,6 +209,10 @@ public nonisolated struct Elasticstream_V1_FetchRequest: Sendable {
 
   /// How long to wait for records past the confirmed end (tailing readers); 0: answer at once.
   public var maxWaitMs: UInt32 = 0
+
+  /// In an open range, answer only records below the writer's acknowledged end this replica last heard of (readers
+  /// other than the writer: records past it may still be dropped if the writer fails).
+  public var committedOnly: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -299,6 +307,10 @@ public nonisolated struct Elasticstream_V1_CreateRangeResponse: Sendable {
   fileprivate var _range: Elasticstream_V1_Range? = nil
 }
 
+/// To a range server: with `range.sealed` set, seal the replica at `range.end_offset` (a replica holding less repairs
+/// itself from the servers in `range.servers`); without it, fence the replica (it takes no more appends) and answer
+/// with its confirmed end in the response's `range.end_offset`, unsealed: a new writer then seals at the end a quorum
+/// confirms. On the PD: seal the range at `range.end_offset`.
 public nonisolated struct Elasticstream_V1_SealRangeRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -551,7 +563,7 @@ nonisolated extension Elasticstream_V1_HeartbeatResponse: SwiftProtobuf.Message,
 
 nonisolated extension Elasticstream_V1_AppendRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AppendRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}stream_id\0\u{3}range_index\0\u{1}epoch\0\u{3}timeout_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}stream_id\0\u{3}range_index\0\u{1}epoch\0\u{3}timeout_ms\0\u{3}acknowledged_offset\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -563,6 +575,7 @@ nonisolated extension Elasticstream_V1_AppendRequest: SwiftProtobuf.Message, Swi
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.rangeIndex) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.acknowledgedOffset) }()
       default: break
       }
     }
@@ -581,6 +594,9 @@ nonisolated extension Elasticstream_V1_AppendRequest: SwiftProtobuf.Message, Swi
     if self.timeoutMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 4)
     }
+    if self.acknowledgedOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.acknowledgedOffset, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -589,6 +605,7 @@ nonisolated extension Elasticstream_V1_AppendRequest: SwiftProtobuf.Message, Swi
     if lhs.rangeIndex != rhs.rangeIndex {return false}
     if lhs.epoch != rhs.epoch {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.acknowledgedOffset != rhs.acknowledgedOffset {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -635,7 +652,7 @@ nonisolated extension Elasticstream_V1_AppendResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Elasticstream_V1_FetchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FetchRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}stream_id\0\u{3}range_index\0\u{3}start_offset\0\u{3}end_offset\0\u{3}max_bytes\0\u{3}min_bytes\0\u{3}max_wait_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}stream_id\0\u{3}range_index\0\u{3}start_offset\0\u{3}end_offset\0\u{3}max_bytes\0\u{3}min_bytes\0\u{3}max_wait_ms\0\u{3}committed_only\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -650,6 +667,7 @@ nonisolated extension Elasticstream_V1_FetchRequest: SwiftProtobuf.Message, Swif
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.maxBytes) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.minBytes) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxWaitMs) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.committedOnly) }()
       default: break
       }
     }
@@ -677,6 +695,9 @@ nonisolated extension Elasticstream_V1_FetchRequest: SwiftProtobuf.Message, Swif
     if self.maxWaitMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxWaitMs, fieldNumber: 7)
     }
+    if self.committedOnly != false {
+      try visitor.visitSingularBoolField(value: self.committedOnly, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -688,6 +709,7 @@ nonisolated extension Elasticstream_V1_FetchRequest: SwiftProtobuf.Message, Swif
     if lhs.maxBytes != rhs.maxBytes {return false}
     if lhs.minBytes != rhs.minBytes {return false}
     if lhs.maxWaitMs != rhs.maxWaitMs {return false}
+    if lhs.committedOnly != rhs.committedOnly {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
