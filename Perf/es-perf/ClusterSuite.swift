@@ -230,8 +230,9 @@ struct ClusterSuite: FigureSuite {
     }
 }
 
-/// `elastic-stream` nodes on loopback for the benchmarks: each an embedded placement driver member and a range
-/// server with one shard; they poll briefly before sleeping (three nodes and the client share the machine).
+/// `elastic-stream` nodes on loopback for the benchmarks (the cluster and pd suites): each an embedded placement
+/// driver member and a range server with one shard; they poll briefly before sleeping (three nodes and the client
+/// share the machine).
 final class NodeGroup: @unchecked Sendable {
     let directory: String
     let nodes: Int
@@ -239,7 +240,8 @@ final class NodeGroup: @unchecked Sendable {
     private var processes: [Int: Process] = [:]
     private let lock = NSLock()
 
-    init(binary: String, directory: String, nodes: Int, durability: WALConfiguration.Durability) throws {
+    init(binary: String, directory: String, nodes: Int, durability: WALConfiguration.Durability,
+         segmentBytes: Int = 64 << 20) throws {
         self.directory = directory
         self.nodes = nodes
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -270,7 +272,7 @@ final class NodeGroup: @unchecked Sendable {
                 [server]
                 port = \(base + 5 + UInt16(node))
                 data_dir = "\(directory)/node-\(node)/server"
-                segment_bytes = 67108864
+                segment_bytes = \(segmentBytes)
                 cache_bytes = 67108864
                 wal_durability = "\(durability.rawValue)"
                 wal_max_flush_bytes = \(ProcessInfo.processInfo.environment["ES_WAL_MAX_FLUSH_BYTES"] ?? "1048576")
@@ -294,6 +296,13 @@ final class NodeGroup: @unchecked Sendable {
 
     var pdAddresses: [String] { pdPorts.map { "127.0.0.1:\($0)" } }
 
+    /// SIGKILL of node `node` (numbered from 1).
+    func kill(_ node: Int) {
+        guard let process = lock.withLock({ processes.removeValue(forKey: node) }) else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
     func stopAll() {
         let all = lock.withLock { () -> [Process] in
             let all = Array(processes.values)
@@ -301,7 +310,7 @@ final class NodeGroup: @unchecked Sendable {
             return all
         }
         for process in all {
-            kill(process.processIdentifier, SIGKILL)
+            Foundation.kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
     }

@@ -35,10 +35,11 @@ struct PDSuite: FigureSuite {
         let concurrency = 64
 
         // Ours.
-        let group = try ServerGroup(binary: server, directory: "\(root)/pd")
+        let group = try NodeGroup(binary: server, directory: "\(root)/pd", nodes: 3, durability: .dsyncWrite,
+                                  segmentBytes: 4 << 20)
         defer { group.stopAll() }
         let ours = try await reactor.run(on: 0) { context -> (PDRun, Int) in
-            let client = PDClient(addresses: group.addresses, on: context, timeout: .seconds(20))
+            let client = PDClient(addresses: group.pdAddresses, on: context, timeout: .seconds(20))
             let box = PerfClient(client: client)
             let run = try await box.measure(sequential: sequential, concurrent: concurrent, concurrency: concurrency)
             let size = box.commandBytes
@@ -46,7 +47,7 @@ struct PDSuite: FigureSuite {
             return (run, size)
         }
         let ourFailover = try await reactor.run(on: 0) { context -> Double in
-            let client = PDClient(addresses: group.addresses, on: context, timeout: .seconds(20))
+            let client = PDClient(addresses: group.pdAddresses, on: context, timeout: .seconds(20))
             let box = PerfClient(client: client)
             let leader = Int(try await client.call(.describeCluster, Elasticstream_V1_DescribeClusterRequest(),
                                                    as: Elasticstream_V1_DescribeClusterResponse.self).leaderID)
@@ -89,74 +90,6 @@ struct PDRun: Sendable {
     var latencies: [UInt64]
     var concurrentLatencies: [UInt64]
     var throughput: Double
-}
-
-/// Three elastic-stream processes on loopback.
-final class ServerGroup: @unchecked Sendable {
-    let directory: String
-    let ports: [UInt16]
-    private var processes: [Int: Process] = [:]
-    private let lock = NSLock()
-
-    init(binary: String, directory: String) throws {
-        self.directory = directory
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let base = UInt16(26_000 + Int(getpid() % 500) * 7)
-        ports = [base + 1, base + 2, base + 3]
-        let members = (1...3).map { "\"\($0)=127.0.0.1:\(ports[$0 - 1])\"" }.joined(separator: ", ")
-        for member in 1...3 {
-            let path = "\(directory)/member-\(member).toml"
-            try """
-                [reactor]
-                cpus = [\((member - 1) % 2)]
-                pin_threads = false
-                poll_duration = "20us"
-                buffer_count = 8
-                buffer_size_bytes = 65536
-                use_huge_pages = false
-                stall_threshold = "off"
-
-                [pd]
-                member_id = \(member)
-                members = [\(members)]
-                data_dir = "\(directory)/member-\(member)"
-                tick = "50ms"
-                election_ticks = 10
-                heartbeat_ticks = 1
-
-                [server]
-                port = \(ports[member - 1] + 3)
-                data_dir = "\(directory)/server-\(member)"
-                segment_bytes = 4194304
-                """.write(toFile: path, atomically: true, encoding: .utf8)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["--config", path]
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            try process.run()
-            processes[member] = process
-            var seen = Data()
-            while !String(decoding: seen, as: UTF8.self).contains("READY") {
-                let chunk = output.fileHandleForReading.availableData
-                if chunk.isEmpty { throw PerfError("member \(member) did not start") }
-                seen += chunk
-            }
-        }
-    }
-
-    var addresses: [String] { ports.map { "127.0.0.1:\($0)" } }
-
-    func kill(_ member: Int) {
-        guard let process = lock.withLock({ processes.removeValue(forKey: member) }) else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
-
-    func stopAll() {
-        for member in 1...3 { kill(member) }
-    }
 }
 
 struct PerfClient: @unchecked Sendable {

@@ -66,8 +66,10 @@ public struct ClientConfiguration: Sendable {
     public var maxInFlightBytes = 64 << 20
     /// A replica this many bytes behind the acknowledged end makes the writer move to a new range.
     public var maxReplicaLagBytes = 32 << 20
-    /// Timeout of one read or control request to a range server.
+    /// Timeout of one control request to a range server (create, seal, fence).
     public var requestTimeout: Duration = .seconds(5)
+    /// How long a read waits for one replica (beyond its own wait for new records) before it asks the next.
+    public var readReplicaTimeout: Duration = .seconds(2)
     /// How long a failover may keep trying (the placement driver electing, servers coming back) before the writer
     /// gives up and fails its appends.
     public var failoverTimeout: Duration = .seconds(30)

@@ -81,7 +81,7 @@ final class StreamReader {
                 request.maxWaitMs = range.sealed ? 0 : UInt32(wait.components.seconds * 1000
                     + wait.components.attoseconds / 1_000_000_000_000_000)
                 let answer = await client.server(address).call(.fetch, header: request,
-                                                               timeout: client.configuration.requestTimeout + wait)
+                                                               timeout: client.configuration.readReplicaTimeout + wait)
                 switch answer {
                 case .success(let frame):
                     let records: [ReadRecord]

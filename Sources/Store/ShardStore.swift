@@ -237,22 +237,7 @@ public final class ShardStore {
         }
         if base < range.pendingEnd { return .pending }
         if base > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
-        // Refused before it is counted as in flight: appends placed before it must still be waited for.
-        let limit = wal.configuration.maxEntryPayloadBytes
-        guard batch.bytes.count <= limit else { throw .entryTooLarge(bytes: batch.bytes.count, limit: limit) }
-        range.pendingEnd = batch.endOffset
-        do {
-            _ = try await wal.append(.append, batch.bytes)
-        } catch {
-            // Only this append and those after it are lost (the WAL stops on a write failure).
-            range.pendingEnd = min(range.pendingEnd, base)
-            range.settled()
-            throw error
-        }
-        // The WAL applied the batch to the index (and the cache) when its flush became durable, unless the range
-        // was deleted (or recreated) meanwhile: then the batch was dropped.
-        guard ranges[key] === range, range.confirmedEnd >= batch.endOffset else { return .rangeNotFound }
-        checkpointIfDue()
+        guard try await logBatch(batch, of: range) else { return .rangeNotFound }
         return .committed(confirmedEnd: batch.endOffset)
     }
 
@@ -301,19 +286,29 @@ public final class ShardStore {
         guard batch.endOffset <= sealed else { return .sealed(end: sealed) }
         if batch.baseOffset < range.pendingEnd { return .pending }
         if batch.baseOffset > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
+        guard try await logBatch(batch, of: range) else { return .rangeNotFound }
+        return .committed(confirmedEnd: range.confirmedEnd)
+    }
+
+    /// Writes a batch that starts at the range's pending end to the log and waits until it is durable. False when
+    /// the range was deleted (or recreated) meanwhile: the log then dropped the batch. A batch too large is refused
+    /// before it counts as in flight, so appends placed before it are still waited for by a seal or a fence.
+    private func logBatch(_ batch: RecordBatchView, of range: RangeReplica) async throws(StoreError) -> Bool {
         let limit = wal.configuration.maxEntryPayloadBytes
         guard batch.bytes.count <= limit else { throw .entryTooLarge(bytes: batch.bytes.count, limit: limit) }
         range.pendingEnd = batch.endOffset
         do {
             _ = try await wal.append(.append, batch.bytes)
         } catch {
+            // Only this append and those after it are lost (the WAL stops on a write failure).
             range.pendingEnd = min(range.pendingEnd, batch.baseOffset)
             range.settled()
             throw error
         }
-        guard ranges[key] === range, range.confirmedEnd >= batch.endOffset else { return .rangeNotFound }
+        // The WAL applied the batch to the index (and the cache) when its flush became durable.
+        guard ranges[range.key] === range, range.confirmedEnd >= batch.endOffset else { return false }
         checkpointIfDue()
-        return .committed(confirmedEnd: range.confirmedEnd)
+        return true
     }
 
     /// Every range replica on this shard.
