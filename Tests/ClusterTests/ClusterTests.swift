@@ -864,3 +864,49 @@ extension ClusterTests {
         #expect(waited < .seconds(4), "the call waited \(waited) on a stopped leader")
     }
 }
+
+extension ClusterTests {
+    /// The client for code off the reactor: from plain tasks (several at once), create, append, read back and tail.
+    @Test func theClientWorksFromAnyTask() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        let client = try await ElasticStream(pd: cluster.pdAddresses)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try await client.onShard({ try await $0.describeCluster() }).servers.filter({ $0.state == .serverOnline }).count < 3,
+              ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+        let writer = try await client.openStream(stream)
+        #expect(writer.streamID == stream)
+        // Four tasks append 25 records each, concurrently; every offset is taken once.
+        let offsets = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    var taken: [UInt64] = []
+                    for i in 0..<25 { taken.append(try await writer.append([record(worker * 100 + i)])) }
+                    return taken
+                }
+            }
+            return try await group.reduce(into: [UInt64]()) { $0 += $1 }
+        }
+        #expect(offsets.sorted() == (0..<100).map { UInt64($0) })
+        var tailed: [UInt64] = []
+        for try await record in client.tail(stream: stream, from: 0) {
+            tailed.append(record.offset)
+            if tailed.count == 100 { break }
+        }
+        #expect(tailed == (0..<100).map { UInt64($0) })
+        var read: [ReadRecord] = []
+        while read.count < 100 {
+            let batch = try await client.read(stream: stream, from: UInt64(read.count))
+            if batch.isEmpty { break }
+            read += batch
+        }
+        #expect(read.count == 100)
+        #expect(Set(read.compactMap { number($0.record) }).count == 100)
+        await writer.close()
+        await client.shutdown()
+    }
+}
