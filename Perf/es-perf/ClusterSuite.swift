@@ -272,7 +272,7 @@ final class NodeGroup: @unchecked Sendable {
                 [server]
                 port = \(base + 5 + UInt16(node))
                 data_dir = "\(directory)/node-\(node)/server"
-                segment_bytes = \(segmentBytes)
+                segment_bytes = \(ProcessInfo.processInfo.environment["ES_SEGMENT_BYTES"] ?? "\(segmentBytes)")
                 cache_bytes = 67108864
                 wal_durability = "\(durability.rawValue)"
                 wal_max_flush_bytes = \(ProcessInfo.processInfo.environment["ES_WAL_MAX_FLUSH_BYTES"] ?? "1048576")
