@@ -10,8 +10,8 @@ import Store
 /// the old writer is refused.
 ///
 /// The file `data_dir/fences-<shard>` holds 32-byte records (u64 stream id, u32 range index, u32 zero, u64 epoch,
-/// u64 XXH3 of the first 24 bytes, little-endian), written with RWF_DSYNC before the fence is answered. Loading stops
-/// at the first record that fails its checksum (a torn tail). Shard-bound.
+/// u64 XXH3 of the first 24 bytes, little-endian), written with RWF_DSYNC before the fence is answered. Loading skips
+/// a record that fails its checksum (a torn write) and reads on. Shard-bound.
 final class FenceTable {
     static let recordBytes = 32
     let path: String
