@@ -314,9 +314,6 @@ public final class ShardStore {
     /// Every range replica on this shard.
     public var rangeKeys: [RangeKey] { Array(ranges.keys) }
 
-    /// The largest record batch an append may carry.
-    public var maxBatchBytes: Int { wal.configuration.maxEntryPayloadBytes }
-
     /// Drops records below `offset` (rounded down to a batch boundary).
     public func trim(_ key: RangeKey, below offset: UInt64) async throws(StoreError) {
         onShard()

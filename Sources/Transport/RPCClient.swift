@@ -80,11 +80,6 @@ public final class RPCClient {
         self.connectTimeout = connectTimeout
     }
 
-    /// Calls in flight (sent or waiting to be).
-    public var inFlight: Int { pending.count }
-    /// Bytes queued and not yet handed to the kernel.
-    public var queuedBytes: Int { connection?.queuedBytes ?? 0 }
-
     /// Sends one request and waits for its answer (a frame with the error flag comes back as `.refused`).
     public func call(_ operation: OperationCode, header: some SwiftProtobuf.Message, payload: [UInt8] = [],
                      timeout: Duration) async -> Result<Frame, CallError>
@@ -186,15 +181,6 @@ public final class RPCClient {
         } else if queuedHead > 1024 && queuedHead * 2 > queued.count {
             queued.removeFirst(queuedHead)
             queuedHead = 0
-        }
-    }
-
-    /// Decodes an answer's header.
-    public static func decode<M: SwiftProtobuf.Message>(_ frame: Frame, as _: M.Type) -> Result<M, CallError> {
-        do {
-            return .success(try frame.header(as: M.self))
-        } catch {
-            return .failure(.malformed("the answer does not decode: \(error)"))
         }
     }
 

@@ -5,6 +5,7 @@ import PlacementDriver
 import Platform
 import Reactor
 import Records
+import TestSupport
 import Testing
 import Transport
 import Wire

@@ -3,14 +3,9 @@ import Foundation
 import PlacementDriver
 import Reactor
 import Records
+import TestSupport
 import Testing
 import Wire
-
-/// Where `swift build` put the server: beside the test binary.
-func serverPath() -> String {
-    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        .appendingPathComponent("elastic-stream").path
-}
 
 /// `elastic-stream` nodes on loopback (three by default), each an embedded placement driver member and a range
 /// server with its own data directory. Three nodes share this machine's two cores, so they poll briefly and sleep.
@@ -84,29 +79,13 @@ final class NodeCluster: @unchecked Sendable {
     func start(_ node: Int) throws {
         let path = "\(directory)/node-\(node).toml"
         try configuration(node).write(toFile: path, atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: serverPath())
-        process.arguments = ["--config", path]
-        let output = Pipe()
-        process.standardOutput = output
         // The node's log (appended across restarts), for a failing test to show.
         let log = "\(directory)/node-\(node).log"
         if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
         let logHandle = FileHandle(forWritingAtPath: log)
         logHandle?.seekToEndOfFile()
-        process.standardError = logHandle
-        try process.run()
+        let process = try launchServer(config: path, stderr: logHandle)
         lock.withLock { processes[node] = process }
-        let handle = output.fileHandleForReading
-        var seen = Data()
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline {
-            let chunk = handle.availableData
-            if chunk.isEmpty { break }
-            seen += chunk
-            if String(decoding: seen, as: UTF8.self).contains("READY") { return }
-        }
-        throw ClientError.unavailable("node \(node) did not start: \(String(decoding: seen, as: UTF8.self))")
     }
 
     func startAll() throws {

@@ -2,14 +2,9 @@ import Foundation
 import PlacementDriver
 import Platform
 import Reactor
+import TestSupport
 import Testing
 import Wire
-
-/// Where `swift build` put the server: beside the test binary.
-func serverPath() -> String {
-    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        .appendingPathComponent("elastic-stream").path
-}
 
 /// Three `elastic-stream` processes on loopback, each with its own configuration and data directory.
 final class ProcessCluster: @unchecked Sendable {
@@ -58,24 +53,8 @@ final class ProcessCluster: @unchecked Sendable {
     func start(_ member: Int) throws {
         let path = "\(directory)/member-\(member).toml"
         try configuration(member).write(toFile: path, atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: serverPath())
-        process.arguments = ["--config", path]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
+        let process = try launchServer(config: path, within: 20)
         lock.withLock { processes[member] = process }
-        let handle = output.fileHandleForReading
-        var seen = Data()
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            let chunk = handle.availableData
-            if chunk.isEmpty { break }
-            seen += chunk
-            if String(decoding: seen, as: UTF8.self).contains("READY") { return }
-        }
-        throw PDError(.unknown, "member \(member) did not start: \(String(decoding: seen, as: UTF8.self))")
     }
 
     func kill(_ member: Int) {
