@@ -73,6 +73,15 @@ public struct ClientConfiguration: Sendable {
     /// How long a failover may keep trying (the placement driver electing, servers coming back) before the writer
     /// gives up and fails its appends.
     public var failoverTimeout: Duration = .seconds(30)
+    /// How long fencing, creating and sealing a range waits for one replica before going on without it (once enough
+    /// others answered): a stopped or dead server delays opening a stream or starting a range by at most this.
+    public var replicaSetupTimeout: Duration = .milliseconds(500)
+    /// An idle writer tells its replicas it is alive this often (an APPEND without records): range servers seal an
+    /// open range whose writer is silent past their `writer_lease`.
+    public var keepaliveInterval: Duration = .seconds(1)
+    /// A tail waiting at the end of an open range asks the placement driver at least this often whether the range
+    /// was sealed (its replicas may not know).
+    public var tailRefreshInterval: Duration = .seconds(2)
 
     public init() {}
 }

@@ -14,6 +14,8 @@ public final class ElasticStreamClient {
     public let configuration: ClientConfiguration
     public let pd: PDClient
     private var servers: [String: RPCClient] = [:]
+    private var readers: [UInt64: StreamReader] = [:]
+    static let maxCachedReaders = 64
     private var closed = false
 
     public init(pd addresses: [String], on context: ShardContext, configuration: ClientConfiguration = ClientConfiguration()) {
@@ -99,9 +101,30 @@ public final class ElasticStreamClient {
         }
     }
 
+    /// Every range of a stream, in index order (page after page: a long-lived stream may have very many).
     public func ranges(of id: UInt64) async throws(ClientError) -> [RangeRecord] {
+        var all: [RangeRecord] = []
+        var next: UInt32 = 0
+        while true {
+            var request = Elasticstream_V1_ListRangesRequest()
+            request.streamID = id
+            request.startIndex = next
+            let page = try await call(.listRanges, request, as: Elasticstream_V1_ListRangesResponse.self)
+            all += page.ranges
+            guard page.more, let last = page.ranges.last else { return all }
+            next = last.index + 1
+        }
+    }
+
+    /// One page of a stream's ranges, from the one that holds `startOffset` (the first after it when the offset
+    /// was trimmed away; the last range when it is at or past the stream's end).
+    public func rangePage(of id: UInt64, startOffset: UInt64, limit: Int = 1_000) async throws(ClientError)
+        -> [RangeRecord]
+    {
         var request = Elasticstream_V1_ListRangesRequest()
         request.streamID = id
+        request.startOffset = startOffset
+        request.limit = UInt32(clamping: limit)
         return try await call(.listRanges, request, as: Elasticstream_V1_ListRangesResponse.self).ranges
     }
 
@@ -128,7 +151,16 @@ public final class ElasticStreamClient {
     public func read(stream id: UInt64, from offset: UInt64, maxBytes: Int = 1 << 20) async throws(ClientError)
         -> [ReadRecord]
     {
-        let reader = StreamReader(client: self, streamID: id)
+        // One reader per stream is kept (a few at most), so reading on through many ranges does not ask the
+        // placement driver again for every call.
+        let reader: StreamReader
+        if let known = readers[id] {
+            reader = known
+        } else {
+            if readers.count >= Self.maxCachedReaders { readers = [:] }
+            reader = StreamReader(client: self, streamID: id)
+            readers[id] = reader
+        }
         return try await reader.read(from: offset, maxBytes: maxBytes, wait: .zero)
     }
 

@@ -11,27 +11,57 @@ import Wire
 final class StreamReader {
     let client: ElasticStreamClient
     let streamID: UInt64
+    /// The ranges known, in index order: a window of the stream's ranges (pages from the placement driver), not
+    /// necessarily all of them. Ranges wholly below what this reader reads are dropped past `maxCachedRanges`.
     private(set) var ranges: [RangeRecord] = []
     /// The writer's own reads stop at its acknowledged end in the open range (records past it may still move).
     var openRangeLimit: (() -> UInt64)?
     /// Which replica to ask first, per range index (moved on failure).
     private var preferred: [UInt32: Int] = [:]
+    /// When the placement driver was last asked (a tail on an open range asks again at least this often).
+    private var lastRefresh: Instant?
+    static let maxCachedRanges = 4_096
 
     init(client: ElasticStreamClient, streamID: UInt64) {
         self.client = client
         self.streamID = streamID
     }
 
-    func setRanges(_ ranges: [RangeRecord]) { self.ranges = ranges.sorted { $0.index < $1.index } }
-
-    func refresh() async throws(ClientError) {
-        setRanges(try await client.ranges(of: streamID))
+    /// Adds (or updates) ranges the caller learned, keeping index order.
+    func merge(_ learned: [RangeRecord]) {
+        guard !learned.isEmpty else { return }
+        var byIndex: [UInt32: RangeRecord] = [:]
+        for range in ranges { byIndex[range.index] = range }
+        for range in learned where range.streamID == streamID { byIndex[range.index] = range }
+        ranges = byIndex.values.sorted { $0.index < $1.index }
     }
 
-    private func range(containing offset: UInt64) -> RangeRecord? {
-        ranges.first { range in
-            offset >= range.startOffset && (!range.sealed || offset < range.endOffset)
+    /// Asks the placement driver for the page of ranges from the one that holds `offset` (or the stream's last
+    /// range when `offset` is at or past its end).
+    func refresh(from offset: UInt64) async throws(ClientError) {
+        let page = try await client.rangePage(of: streamID, startOffset: offset)
+        lastRefresh = client.context.now
+        if ranges.count > Self.maxCachedRanges {
+            ranges.removeAll { $0.sealed && $0.endOffset <= offset }
+            if ranges.count > Self.maxCachedRanges { ranges = [] }
         }
+        // A range the placement driver no longer lists below the page (trimmed) must not be read.
+        if let first = page.first { ranges.removeAll { $0.index < first.index && !($0.sealed && $0.endOffset <= offset) } }
+        merge(page)
+    }
+
+    /// The known range that holds `offset`: ranges are contiguous in offsets, so a binary search finds it.
+    private func range(containing offset: UInt64) -> RangeRecord? {
+        var low = 0
+        var high = ranges.count
+        while low < high {
+            let mid = (low + high) / 2
+            if ranges[mid].sealed && ranges[mid].endOffset <= offset { low = mid + 1 } else { high = mid }
+        }
+        guard low < ranges.count, offset >= ranges[low].startOffset else { return nil }
+        // An open range that is not the stream's last known one may have been sealed since: ask again.
+        if !ranges[low].sealed && low != ranges.count - 1 { return nil }
+        return ranges[low]
     }
 
     /// Records from `offset` on (about `maxBytes`); with `wait`, a read at the end of the open range waits that long
@@ -42,11 +72,13 @@ final class StreamReader {
         var lastError: ClientError?
         while client.context.now < deadline {
             if !refreshed && (ranges.isEmpty || range(containing: offset) == nil) {
-                try await refresh()
+                try await refresh(from: offset)
                 refreshed = true
             }
             guard let range = range(containing: offset) else {
-                if let first = ranges.first, offset < first.startOffset {
+                // Just refreshed from the offset: the page starts at the range holding it, or the first after it
+                // (the offset was trimmed away), or is the stream's last range (the offset is at or past the end).
+                if let first = ranges.first(where: { !$0.sealed || $0.endOffset > offset }), offset < first.startOffset {
                     throw .offsetOutOfRange("stream \(streamID) starts at \(first.startOffset), after \(offset)")
                 }
                 if let last = ranges.last, last.sealed, offset == last.endOffset {
@@ -76,8 +108,9 @@ final class StreamReader {
                 request.startOffset = offset
                 request.endOffset = limit
                 request.maxBytes = UInt32(clamping: maxBytes)
-                // A reader other than the writer sees only what the writer acknowledged.
-                request.committedOnly = openRangeLimit == nil
+                // A reader other than the writer sees only what the writer acknowledged. Below a sealed range's
+                // end every record is committed: a replica that missed the seal still serves them.
+                request.committedOnly = openRangeLimit == nil && !range.sealed
                 request.maxWaitMs = range.sealed ? 0 : UInt32(wait.components.seconds * 1000
                     + wait.components.attoseconds / 1_000_000_000_000_000)
                 let answer = await client.server(address).call(.fetch, header: request,
@@ -93,8 +126,10 @@ final class StreamReader {
                         continue
                     }
                     if records.isEmpty && range.sealed && offset < range.endOffset {
-                        // This replica has not got (or repaired) these records yet: ask another.
+                        // This replica has not got (or repaired) these records yet: ask another, and tell it the
+                        // seal, which starts its repair (it may have missed the seal while down).
                         sawEmpty = true
+                        tellSeal(range, to: address)
                         preferred[range.index] = (which + 1) % servers.count
                         continue
                     }
@@ -102,7 +137,7 @@ final class StreamReader {
                     if records.isEmpty && !range.sealed && !refreshed && openRangeLimit == nil,
                        await mayHaveBeenSealed(range, at: address) {
                         // The range was sealed meanwhile (its writer moved on): learn where the stream goes next.
-                        try await refresh()
+                        try await refresh(from: offset)
                         refreshed = true
                         if self.range(containing: offset)?.index != range.index || self.range(containing: offset)?.sealed == true {
                             retry = true
@@ -131,6 +166,9 @@ final class StreamReader {
     /// placement driver asked again, so an idle tail costs a range server a DESCRIBE_RANGE per wait, not the
     /// placement driver a read.
     private func mayHaveBeenSealed(_ range: RangeRecord, at address: String) async -> Bool {
+        // The replica may not know of a seal (it missed it while down, or its writer died and the system sealed the
+        // range): the placement driver is asked at least every `tailRefreshInterval` too.
+        if let lastRefresh, client.context.now - lastRefresh >= client.configuration.tailRefreshInterval { return true }
         var request = Elasticstream_V1_DescribeRangeRequest()
         request.streamID = range.streamID
         request.rangeIndex = range.index
@@ -140,6 +178,17 @@ final class StreamReader {
               let description = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self)
         else { return true }
         return description.range.sealed
+    }
+
+    /// Sends the placement driver's seal of `range` to a replica that lacks records below it (best effort): the
+    /// replica seals and repairs from its peers.
+    private func tellSeal(_ range: RangeRecord, to address: String) {
+        var request = Elasticstream_V1_SealRangeRequest()
+        request.range = range
+        request.epoch = range.epoch
+        guard let header = try? request.serializedBytes() as [UInt8] else { return }
+        client.server(address).send(.sealRange, headerBytes: header, payload: [],
+                                    timeout: client.configuration.requestTimeout) { _ in }
     }
 
     /// The records of a FETCH answer at or after `offset` and below `end`, every batch checked.

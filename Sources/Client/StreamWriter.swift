@@ -30,6 +30,8 @@ public final class StreamWriter {
     private var appendHeader = Elasticstream_V1_AppendRequest()
     /// A notice of the acknowledged end is due (nothing was in flight to carry it).
     private var noticeScheduled = false
+    /// When an append (or a notice) last went to the replicas.
+    private var lastSent: Instant
     /// The offset the next append gets.
     public private(set) var nextOffset: UInt64 = 0
     /// Every record below is confirmed by `ackCount` replicas (and acknowledged to its caller).
@@ -77,7 +79,8 @@ public final class StreamWriter {
         self.ranges = ranges
         self.client = client
         reader = StreamReader(client: client, streamID: stream.streamID)
-        reader.setRanges(ranges)
+        lastSent = client.context.now
+        reader.merge(ranges)
     }
 
     var configuration: ClientConfiguration { client.configuration }
@@ -91,6 +94,7 @@ public final class StreamWriter {
         let writer = StreamWriter(stream: opened.stream, ranges: opened.ranges, client: client)
         writer.reader.openRangeLimit = { [weak writer] in writer?.acknowledgedEnd ?? 0 }
         try await writer.takeOver()
+        writer.startKeepalive()
         return writer
     }
 
@@ -108,7 +112,7 @@ public final class StreamWriter {
             } else {
                 let end = try await quorumEnd(of: last, until: deadline)
                 let sealed = try await sealAtPlacementDriver(last, at: end, until: deadline)
-                notifySeal(sealed)
+                await notifySeal(sealed)
                 start = end
             }
             index = last.index + 1
@@ -132,7 +136,8 @@ public final class StreamWriter {
         var backoff = Duration.milliseconds(50)
         while true {
             let addresses = range.servers.map { ElasticStreamClient.address(of: $0, for: range) ?? "" }
-            let answers = await callAll(addresses, .sealRange, header, timeout: configuration.requestTimeout)
+            let needed = replicaCount - acks + 1
+            let answers = await callAll(addresses, .sealRange, header, enough: needed)
             var ends: [UInt64] = []
             for answer in answers {
                 switch answer {
@@ -147,7 +152,6 @@ public final class StreamWriter {
                     break
                 }
             }
-            let needed = replicaCount - acks + 1
             if ends.count >= needed {
                 ends.sort(by: >)
                 let end = ends[acks - replicaCount + ends.count - 1]
@@ -177,7 +181,7 @@ public final class StreamWriter {
             do {
                 let sealed = try await client.call(.pdSealRange, request, as: Elasticstream_V1_SealRangeResponse.self).range
                 if let position = ranges.firstIndex(where: { $0.index == sealed.index }) { ranges[position] = sealed }
-                reader.setRanges(ranges)
+                reader.merge(ranges)
                 return sealed
             } catch {
                 if case .placementDriver(let pd) = error, pd.code == .timeout || pd.code == .noLeader,
@@ -189,18 +193,17 @@ public final class StreamWriter {
         }
     }
 
-    /// Tells the replicas of a sealed range its end (best effort: reads are bounded by the placement driver's end,
-    /// and a replica holding less repairs itself from the others).
-    private func notifySeal(_ range: RangeRecord) {
+    /// Tells the replicas of a sealed range its end, and waits for their answers (at most `replicaSetupTimeout`
+    /// for one that does not answer). Best effort: readers read a sealed range below the placement driver's end
+    /// whether or not a replica knows of the seal, a replica holding less repairs itself from the others, and a
+    /// replica that missed it learns it from reconciliation, its lease check or a reader.
+    private func notifySeal(_ range: RangeRecord) async {
         var request = Elasticstream_V1_SealRangeRequest()
         request.range = range
         request.epoch = epoch
         let header = (try? request.serializedBytes()) ?? []
-        for server in range.servers {
-            guard let address = ElasticStreamClient.address(of: server, for: range) else { continue }
-            client.server(address).send(.sealRange, headerBytes: header, payload: [],
-                                        timeout: configuration.requestTimeout) { _ in }
-        }
+        let addresses = range.servers.map { ElasticStreamClient.address(of: $0, for: range) ?? "" }
+        _ = await callAll(addresses, .sealRange, header, enough: 0)
     }
 
     /// Creates range `index` at `start` on the placement driver and on its replicas; retries on other servers while
@@ -231,13 +234,13 @@ public final class StreamWriter {
                 throw error
             }
             ranges.append(range)
-            reader.setRanges(ranges)
+            reader.merge(ranges)
             var create = Elasticstream_V1_CreateRangeRequest()
             create.range = range
             create.epoch = epoch
             let header = (try? create.serializedBytes()) ?? []
             let addresses = range.servers.map { ElasticStreamClient.address(of: $0, for: range) ?? "" }
-            let answers = await callAll(addresses, .createRange, header, timeout: configuration.requestTimeout)
+            let answers = await callAll(addresses, .createRange, header, enough: ackCount)
             var fresh: [Replica] = []
             for (i, answer) in answers.enumerated() {
                 var ok = false
@@ -277,26 +280,53 @@ public final class StreamWriter {
         appendHeader = header
     }
 
-    /// Calls every address at once and returns every answer, in address order.
-    private func callAll(_ addresses: [String], _ operation: OperationCode, _ header: [UInt8], timeout: Duration) async
+    /// Calls every address at once and returns their answers, in address order. It returns when every replica
+    /// answered; or, once `replicaSetupTimeout` has passed, as soon as `enough` answered successfully (those that
+    /// have not answered count as timed out); or after `requestTimeout` in any case. So a stopped or dead server
+    /// delays a control call by at most `replicaSetupTimeout` while enough others answer.
+    private func callAll(_ addresses: [String], _ operation: OperationCode, _ header: [UInt8], enough: Int) async
         -> [Result<Frame, CallError>]
     {
         guard !addresses.isEmpty else { return [] }
         final class Gather {
             var results: [Result<Frame, CallError>?]
             var remaining: Int
-            init(_ count: Int) {
-                results = Array(repeating: nil, count: count)
-                remaining = count
+            var successes = 0
+            var graceOver = false
+            var continuation: UnsafeContinuation<[Result<Frame, CallError>], Never>?
+            let enough: Int
+            let addresses: [String]
+            init(_ addresses: [String], enough: Int) {
+                results = Array(repeating: nil, count: addresses.count)
+                remaining = addresses.count
+                self.enough = enough
+                self.addresses = addresses
+            }
+            func finishIfDone() {
+                guard let continuation, remaining == 0 || (graceOver && successes >= enough) else { return }
+                self.continuation = nil
+                continuation.resume(returning: results.enumerated().map { $1 ?? .failure(.timedOut(address: addresses[$0])) })
             }
         }
-        let gather = Gather(addresses.count)
+        let gather = Gather(addresses, enough: enough)
+        let grace = configuration.replicaSetupTimeout
+        let bound = ShardBound((gather, context))
+        context.spawn {
+            let (gather, context) = bound.value
+            try? await context.sleep(for: grace)
+            gather.graceOver = true
+            gather.finishIfDone()
+        }
+        let timeout = configuration.requestTimeout
         return await withUnsafeContinuation { (continuation: UnsafeContinuation<[Result<Frame, CallError>], Never>) in
+            gather.continuation = continuation
             for (i, address) in addresses.enumerated() {
                 let answer: (Result<Frame, CallError>) -> Void = { result in
+                    guard gather.results[i] == nil else { return }
                     gather.results[i] = result
                     gather.remaining -= 1
-                    if gather.remaining == 0 { continuation.resume(returning: gather.results.map { $0! }) }
+                    if case .success = result { gather.successes += 1 }
+                    gather.finishIfDone()
                 }
                 if address.isEmpty {
                     answer(.failure(.unreachable(address: "?", detail: "the server registered no address")))
@@ -349,6 +379,7 @@ public final class StreamWriter {
     /// Sends the entry at `position` of `entries` to every healthy replica: the frame is encoded (and checksummed)
     /// once; each replica's copy differs only in its request id.
     private func send(_ position: Int) {
+        lastSent = context.now
         let generation = generation
         let size = entries[position].bytes.count
         // Each append tells the replicas the acknowledged end so far (committed-only readers stop there).
@@ -443,9 +474,11 @@ public final class StreamWriter {
         }
     }
 
-    private func sendNotice() {
-        noticeScheduled = false
-        guard fatal == nil, !failingOver, acknowledgedEnd > appendHeader.acknowledgedOffset else { return }
+    private func sendNotice(keepalive: Bool = false) {
+        if !keepalive { noticeScheduled = false }
+        guard fatal == nil, !failingOver, !closed, keepalive || acknowledgedEnd > appendHeader.acknowledgedOffset
+        else { return }
+        lastSent = context.now
         appendHeader.acknowledgedOffset = acknowledgedEnd
         guard let header = try? appendHeader.serializedBytes() as [UInt8],
               let wire = try? Frame.encodeRequest(operation: .append, requestID: 0, header: header,
@@ -453,6 +486,26 @@ public final class StreamWriter {
         else { return }
         for replica in replicas where !replica.failed {
             client.server(replica.address).send(wire: wire, timeout: configuration.appendTimeout) { _ in }
+        }
+    }
+
+    /// While the writer is open, every `keepaliveInterval` in which nothing was sent, an APPEND without records
+    /// tells the replicas the writer is alive (and its acknowledged end): a range server seals an open range whose
+    /// writer is silent past its `writer_lease`. One task per writer, not per append.
+    private func startKeepalive() {
+        final class Weak {
+            weak var writer: StreamWriter?
+            init(_ writer: StreamWriter) { self.writer = writer }
+        }
+        let bound = ShardBound((Weak(self), context))
+        let interval = configuration.keepaliveInterval
+        context.spawn {
+            let (weak, context) = bound.value
+            while true {
+                try? await context.sleep(for: interval)
+                guard let writer = weak.writer, !writer.closed, writer.fatal == nil else { return }
+                if writer.context.now - writer.lastSent >= interval { writer.sendNotice(keepalive: true) }
+            }
         }
     }
 
@@ -497,7 +550,7 @@ public final class StreamWriter {
         let failed = Set(replicas.filter(\.failed).map(\.server.serverID))
         do {
             let sealed = try await sealAtPlacementDriver(current, at: end, until: deadline)
-            notifySeal(sealed)
+            await notifySeal(sealed)
             try await startRange(index: current.index + 1, start: end, avoiding: failed, until: deadline)
         } catch {
             fail(error)
@@ -563,7 +616,7 @@ public final class StreamWriter {
             fail(.closed)
         } else if fatal == nil, let last = ranges.last, !last.sealed {
             if let sealed = try? await sealAtPlacementDriver(last, at: acknowledgedEnd, until: context.now + .seconds(2)) {
-                notifySeal(sealed)
+                await notifySeal(sealed)
             }
         }
         wakeRoomWaiters()

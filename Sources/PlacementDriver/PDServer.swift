@@ -163,15 +163,22 @@ public final class PDServer {
                 return try Frame(responseTo: frame, header: response)
             case .listRanges:
                 let request = try frame.header(as: Elasticstream_V1_ListRangesRequest.self)
-                let ranges = try await member.read { (state) throws(PDError) -> [RangeRecord] in
+                let limit = request.limit == 0 ? PDStateMachine.defaultRangePage
+                    : Int(min(request.limit, UInt32(PDStateMachine.maxRangePage)))
+                let page = try await member.read { (state) throws(PDError) -> ([RangeRecord], Bool) in
                     switch request.filter {
-                    case .serverID(let id): return state.listRanges(server: id)
-                    case .streamID(let id): return try state.listRanges(stream: id)
+                    case .serverID(let id):
+                        return state.listRanges(server: id, startStream: request.startStreamID,
+                                                startIndex: request.startIndex, limit: limit)
+                    case .streamID(let id):
+                        return try state.listRanges(stream: id, startIndex: request.startIndex,
+                                                    startOffset: request.startOffset, limit: limit)
                     case nil: throw PDError(.invalidArgument, "list ranges of a stream or of a server")
                     }
                 }
                 var response = Elasticstream_V1_ListRangesResponse()
-                response.ranges = ranges
+                response.ranges = page.0
+                response.more = page.1
                 return try Frame(responseTo: frame, header: response)
             case .listStreams:
                 let request = try frame.header(as: Elasticstream_V1_ListStreamsRequest.self)

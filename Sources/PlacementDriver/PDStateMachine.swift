@@ -177,7 +177,9 @@ public struct PDStateMachine: Sendable {
         stream.epoch = max(stream.epoch, epoch) + 1
         streams[id] = stream
         record(.watchModified) { $0.stream = stream }
-        return .stream(stream, ranges: ranges[id] ?? [])
+        // Only the last range: the new writer seals it (if open) and starts the next. A stream may have hundreds of
+        // thousands of ranges; readers page through them with LIST_RANGES.
+        return .stream(stream, ranges: ranges[id]?.last.map { [$0] } ?? [])
     }
 
     private mutating func updateStream(_ request: Elasticstream_V1_UpdateStreamRequest) throws -> PDResult {
@@ -280,7 +282,7 @@ public struct PDStateMachine: Sendable {
 
     private mutating func sealRange(_ requested: RangeRecord, epoch: UInt64) throws -> PDResult {
         let stream = try fencedStream(requested.streamID, epoch: epoch)
-        guard let position = ranges[stream.streamID]?.firstIndex(where: { $0.index == requested.index }) else {
+        guard let position = Self.position(of: requested.index, in: ranges[stream.streamID] ?? []) else {
             throw PDError(.rangeNotFound, "stream \(stream.streamID) has no range \(requested.index)")
         }
         var range = ranges[stream.streamID]![position]
@@ -369,16 +371,70 @@ public struct PDStateMachine: Sendable {
         Array(streams.values.filter { $0.streamID > after }.sorted { $0.streamID < $1.streamID }.prefix(limit))
     }
 
+    /// Where range `index` sits in a stream's ranges (contiguous indexes, trimmed from the front).
+    static func position(of index: UInt32, in list: [RangeRecord]) -> Int? {
+        guard let first = list.first?.index, index >= first else { return nil }
+        let position = Int(index - first)
+        guard position < list.count, list[position].index == index else { return nil }
+        return position
+    }
+
+    /// The default and the largest page of LIST_RANGES.
+    public static let defaultRangePage = 1_000
+    public static let maxRangePage = 10_000
+
+    /// Every range of a stream, in index order (all pages; for tests and small streams).
     public func listRanges(stream id: UInt64) throws(PDError) -> [RangeRecord] {
         guard streams[id] != nil else { throw PDError(.streamNotFound, "no stream \(id)") }
         return ranges[id] ?? []
     }
 
-    /// The ranges placed on server `id`, of streams not deleted.
-    public func listRanges(server id: UInt64) -> [RangeRecord] {
-        ranges.keys.sorted().filter { streams[$0]?.deleted != true }.flatMap {
-            ranges[$0]!.filter { $0.servers.contains { $0.serverID == id } }
+    /// One page of a stream's ranges: from index `startIndex`, and from the range that holds `startOffset` (or the
+    /// first after it), at most `limit`. `more` when ranges follow the page.
+    public func listRanges(stream id: UInt64, startIndex: UInt32, startOffset: UInt64, limit: Int)
+        throws(PDError) -> (ranges: [RangeRecord], more: Bool)
+    {
+        guard streams[id] != nil else { throw PDError(.streamNotFound, "no stream \(id)") }
+        let list = ranges[id] ?? []
+        guard let first = list.first?.index else { return ([], false) }
+        var from = startIndex > first ? Int(startIndex - first) : 0
+        if startOffset > 0 {
+            // Ranges are in offset order: the first one that is open or ends past the offset holds it (or follows it).
+            var low = 0
+            var high = list.count
+            while low < high {
+                let mid = (low + high) / 2
+                if list[mid].sealed && list[mid].endOffset <= startOffset { low = mid + 1 } else { high = mid }
+            }
+            // At or past the stream's end: its last range, so that a reader can tell the end from beyond it.
+            if low == list.count && from <= list.count - 1 { return ([list[list.count - 1]], false) }
+            from = max(from, low)
         }
+        guard from < list.count else { return ([], false) }
+        let end = min(list.count, from + max(1, limit))
+        return (Array(list[from..<end]), end < list.count)
+    }
+
+    /// One page of the ranges placed on server `id`, of streams not deleted, in (stream id, index) order from
+    /// (`startStream`, `startIndex`), at most `limit`. `more` when the page was cut short.
+    public func listRanges(server id: UInt64, startStream: UInt64, startIndex: UInt32, limit: Int)
+        -> (ranges: [RangeRecord], more: Bool)
+    {
+        var page: [RangeRecord] = []
+        let limit = max(1, limit)
+        for stream in ranges.keys.sorted() where stream >= startStream && streams[stream]?.deleted != true {
+            for range in ranges[stream]! where stream > startStream || range.index >= startIndex {
+                guard range.servers.contains(where: { $0.serverID == id }) else { continue }
+                if page.count == limit { return (page, true) }
+                page.append(range)
+            }
+        }
+        return (page, false)
+    }
+
+    /// Every range placed on server `id` (all pages; for tests).
+    public func listRanges(server id: UInt64) -> [RangeRecord] {
+        listRanges(server: id, startStream: 0, startIndex: 0, limit: .max).ranges
     }
 
     /// The servers, with the state a reader at `now` should see (online but silent past the timeout reads offline).

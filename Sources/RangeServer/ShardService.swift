@@ -39,8 +39,10 @@ final class ShardService {
     private var peers: [String: RPCClient] = [:]
     /// Appended bytes since the last heartbeat (the load the server reports).
     var appendedBytes: UInt64 = 0
-    /// The writer's acknowledged end per open range, as its appends last said (in memory).
-    private var acknowledged: [RangeKey: UInt64] = [:]
+    /// When the writer of each open range was last heard (an APPEND, with or without records): a range whose
+    /// writer is silent past `writer_lease` is sealed by the server (`LeaseKeeper`). In memory: a restart gives
+    /// every writer a whole lease again.
+    var lastHeard: [RangeKey: Instant] = [:]
     /// Epochs that fenced ranges here (on disk).
     let fences: FenceTable
 
@@ -233,10 +235,16 @@ final class ShardService {
         let request = try frame.header(as: Elasticstream_V1_AppendRequest.self)
         let key = RangeKey(streamID: request.streamID, index: request.rangeIndex)
         try checkEpoch(request.epoch, of: key)
-        noteAcknowledged(request.acknowledgedOffset, of: key)
+        guard store.describe(key) != nil else { throw Refusal(.rangeNotFound, "no replica of \(key) here") }
+        lastHeard[key] = context.now
         let payloadCount = frame.withPayload { $0.count }
         guard payloadCount > 0 else {
-            // Only the writer's acknowledged end (it had nothing more to send).
+            // Only the writer's acknowledged end (it had nothing more to send, or it tells it is alive). Recorded
+            // durably before the answer, so that committed readers never see less after a restart.
+            if request.acknowledgedOffset > 0 {
+                try await store.acknowledge(key, upTo: request.acknowledgedOffset)
+                wake(key)
+            }
             guard let description = store.describe(key) else { throw Refusal(.rangeNotFound, "no replica of \(key) here") }
             var response = Elasticstream_V1_AppendResponse()
             response.confirmedOffset = description.confirmedEnd
@@ -258,8 +266,9 @@ final class ShardService {
         // One batch per request is the writer's normal case: it keeps appends of one range in arrival order. Several
         // batches are stored one after another.
         var confirmed: UInt64 = 0
-        for batch in batches {
-            let outcome = try await store.append(batch)
+        for (i, batch) in batches.enumerated() {
+            // The writer's acknowledged end rides, durably, with the first batch.
+            let outcome = try await store.append(batch, acknowledged: i == 0 ? request.acknowledgedOffset : 0)
             switch outcome {
             case .committed(let end), .alreadyCommitted(let end):
                 confirmed = end
@@ -318,7 +327,7 @@ final class ShardService {
         func readable(_ description: RangeDescription) -> UInt64 {
             let end = Self.readable(description)
             guard request.committedOnly, description.sealedEnd == nil else { return end }
-            return min(end, max(acknowledged[key] ?? 0, description.start))
+            return min(end, max(description.acknowledgedEnd, description.start))
         }
         // A tailing reader waits for records past the end (or for the seal) within its bound.
         while request.maxWaitMs > 0, request.startOffset >= readable(description), request.startOffset < bound,
@@ -407,7 +416,7 @@ final class ShardService {
         }
         if store.describe(key) == nil { try await store.createRange(key, start: range.startOffset) }
         _ = try await store.seal(key, at: end)
-        acknowledged[key] = nil
+        lastHeard[key] = nil
         wake(key)
         if let description = store.describe(key), description.confirmedEnd < end {
             startRepair(key, end: end, servers: range.servers)
@@ -432,7 +441,7 @@ final class ShardService {
             }
         }
         for key in gone {
-            acknowledged[key] = nil
+            lastHeard[key] = nil
             do {
                 try await store.delete(key)
                 deleted += 1
@@ -444,14 +453,6 @@ final class ShardService {
             logger.info("replicas reconciled with the placement driver", metadata: ["sealed": "\(sealedCount)", "deleted": "\(deleted)"])
         }
         return (sealedCount, deleted)
-    }
-
-    /// Raises the writer's acknowledged end known for `key` (committed-only reads of the open range stop there), and
-    /// wakes readers waiting on it.
-    private func noteAcknowledged(_ offset: UInt64, of key: RangeKey) {
-        guard offset > acknowledged[key] ?? 0 else { return }
-        acknowledged[key] = offset
-        wake(key)
     }
 
     /// Refuses a request of a writer older than the one that fenced the range.

@@ -16,17 +16,18 @@ import Reactor
 ///     32  u64 position     WAL position: every entry before it is reflected here
 ///     40  u64 segment size the WAL's segment size when written
 ///     48  u32 range count
-///     52  u32 version      1
+///     52  u32 version      2 (1 is still read)
 ///     56  ranges
 ///
 /// Each range: u64 stream id, u32 range index, u32 flags (bit 0: sealed), u64 created start, u64 start,
-/// u64 confirmed end, u64 sealed end, u64 batch count (56 bytes), then per batch: u64 base offset, u64 end offset,
-/// u64 payload position, u32 length, u32 reserved, i64 max timestamp (40 bytes).
+/// u64 confirmed end, u64 sealed end, u64 acknowledged end (version 2 only), u64 batch count (64 bytes), then per
+/// batch: u64 base offset, u64 end offset, u64 payload position, u32 length, u32 reserved, i64 max timestamp
+/// (40 bytes).
 struct Checkpoint {
     static let magic: UInt64 = 0x0100_5450_4B43_5345  // "ESCKPT\0\u{1}" little-endian
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2
     static let headerSize = 56
-    static let rangeSize = 56
+    static let rangeSize = 64
     static let batchSize = 40
 
     var sequence: UInt64
@@ -58,6 +59,7 @@ struct Checkpoint {
             put(range.start)
             put(range.confirmedEnd)
             put(range.sealedEnd ?? 0)
+            put(range.acknowledgedEnd)
             put(UInt64(range.batches.count))
             range.collectSegments(segmentSize: UInt64(segmentSize), into: &live)
             for batch in range.batches {
@@ -109,7 +111,8 @@ struct Checkpoint {
             throw .invalid("written for another segment size")
         }
         let rangeCount: UInt32 = try get()
-        guard try get(UInt32.self) == version else { throw .invalid("unknown version") }
+        let version: UInt32 = try get()
+        guard version == 1 || version == Self.version else { throw .invalid("unknown version \(version)") }
         var ranges: [RangeKey: RangeReplica] = [:]
         for _ in 0..<rangeCount {
             let key = RangeKey(streamID: try get(), index: try get())
@@ -118,6 +121,7 @@ struct Checkpoint {
             let start: UInt64 = try get()
             let confirmedEnd: UInt64 = try get()
             let sealedEnd: UInt64 = try get()
+            let acknowledgedEnd: UInt64 = version >= 2 ? try get() : 0
             let batchCount: UInt64 = try get()
             guard batchCount <= UInt64((length - offset) / batchSize) else { throw .invalid("batch count of \(key)") }
             let range = RangeReplica(key: key, createdStart: createdStart, start: start, confirmedEnd: confirmedEnd)
@@ -138,6 +142,8 @@ struct Checkpoint {
             }
             guard previousEnd == nil || previousEnd == confirmedEnd else { throw .invalid("confirmed end of \(key)") }
             if flags & 1 != 0 { range.sealedEnd = sealedEnd }
+            range.acknowledgedEnd = acknowledgedEnd
+            range.acknowledgedPending = acknowledgedEnd
             ranges[key] = range
         }
         guard offset == length else { throw .invalid("\(length - offset) bytes left over") }

@@ -20,6 +20,11 @@ final class RangeReplica {
     /// `confirmedEnd` plus the appends in flight.
     var pendingEnd: UInt64
     var sealedEnd: UInt64?
+    /// The writer's acknowledged end, as the durable log last recorded it (committed-only reads of an open range
+    /// stop there). Survives restarts: it is in the log with the appends that carry it, and in checkpoints.
+    var acknowledgedEnd: UInt64 = 0
+    /// The highest acknowledged end placed in the log (durable or not yet).
+    var acknowledgedPending: UInt64 = 0
     private(set) var batches: [BatchLocation] = []
     private var runningMaxTimestamp: [Int64] = []
     private var settleWaiters: [UnsafeContinuation<Void, Never>] = []

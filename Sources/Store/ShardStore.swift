@@ -17,23 +17,36 @@ final class StoreIndex: WALSink {
 
     func apply(_ entry: RecoveredEntry, recovering: Bool) throws(StoreError) {
         switch entry.kind {
-        case .append:
+        case .append, .appendAcknowledged:
             // The batch was validated before it was appended, and the entry's checksum (which covers every byte)
             // passed: these are the bytes that were validated. Only the header is read.
-            guard entry.payload.count >= RecordBatchView.minimumSize else {
+            let prefix = entry.kind == .appendAcknowledged ? 8 : 0
+            guard entry.payload.count >= prefix + RecordBatchView.minimumSize else {
                 throw .corruption(file: "WAL", position: entry.position, detail: "append entry shorter than a batch")
             }
-            let view = RecordBatchView(alreadyValidated: entry.payload)
+            let batch = UnsafeRawBufferPointer(rebasing: entry.payload[prefix...])
+            let view = RecordBatchView(alreadyValidated: batch)
             let key = RangeKey(streamID: view.streamID, index: view.rangeIndex)
+            guard let range = ranges[key] else { return }
+            if prefix > 0 {
+                let acknowledged = UInt64(littleEndian: entry.payload.loadUnaligned(as: UInt64.self))
+                range.acknowledgedEnd = max(range.acknowledgedEnd, acknowledged)
+                range.acknowledgedPending = max(range.acknowledgedPending, range.acknowledgedEnd)
+            }
             // A sealed range takes only repairs: batches below its sealed end that it missed.
-            guard let range = ranges[key], range.confirmedEnd == view.baseOffset,
-                  view.endOffset <= range.sealedEnd ?? .max
-            else { return }
+            guard range.confirmedEnd == view.baseOffset, view.endOffset <= range.sealedEnd ?? .max else { return }
             range.add(BatchLocation(baseOffset: view.baseOffset, endOffset: view.endOffset,
-                                    payloadPosition: entry.position + UInt64(WALEntryLayout.headerSize),
-                                    length: entry.payload.count, maxTimestamp: view.maxTimestamp))
-            if !recovering { cache.insert(entry.payload, range: key, baseOffset: view.baseOffset) }
+                                    payloadPosition: entry.position + UInt64(WALEntryLayout.headerSize + prefix),
+                                    length: batch.count, maxTimestamp: view.maxTimestamp))
+            if !recovering { cache.insert(batch, range: key, baseOffset: view.baseOffset) }
             range.settled()
+        case .acknowledge:
+            guard let record = RangeRecord(entry.payload) else {
+                throw .corruption(file: "WAL", position: entry.position, detail: "malformed \(entry.kind) entry")
+            }
+            guard let range = ranges[record.key] else { return }
+            range.acknowledgedEnd = max(range.acknowledgedEnd, record.offset)
+            range.acknowledgedPending = max(range.acknowledgedPending, range.acknowledgedEnd)
         case .createRange, .sealRange, .trimRange, .deleteRange:
             guard let record = RangeRecord(entry.payload) else {
                 throw .corruption(file: "WAL", position: entry.position, detail: "malformed \(entry.kind) entry")
@@ -220,11 +233,24 @@ public final class ShardStore {
         onShard()
         guard let range = ranges[key] else { return nil }
         return RangeDescription(key: key, start: range.start, confirmedEnd: range.confirmedEnd,
-                                sealedEnd: range.sealedEnd)
+                                sealedEnd: range.sealedEnd, acknowledgedEnd: range.acknowledgedEnd)
+    }
+
+    /// Records the writer's acknowledged end of an open range durably (an APPEND without records carries only
+    /// that). Returns once it is durable; a lower end than one already recorded writes nothing.
+    public func acknowledge(_ key: RangeKey, upTo offset: UInt64) async throws(StoreError) {
+        onShard()
+        guard let range = ranges[key] else { throw .rangeNotFound(key) }
+        // Sealed (every record below the seal is committed), or an end as high already in the log.
+        guard range.sealedEnd == nil, offset > range.acknowledgedPending else { return }
+        range.acknowledgedPending = offset
+        try await log(.acknowledge, RangeRecord(key: key, offset: offset))
     }
 
     /// Appends one validated batch at its base offset. Acknowledged (`.committed`) only once it is durable.
-    public func append(_ batch: RecordBatchView) async throws(StoreError) -> AppendOutcome {
+    /// `acknowledged` is the writer's acknowledged end the append carried: when it is new, it is logged with the
+    /// batch (8 bytes more in the same entry), so committed-only readers see it after a restart too.
+    public func append(_ batch: RecordBatchView, acknowledged: UInt64 = 0) async throws(StoreError) -> AppendOutcome {
         onShard()
         let key = RangeKey(streamID: batch.streamID, index: batch.rangeIndex)
         guard let range = ranges[key] else { return .rangeNotFound }
@@ -237,7 +263,12 @@ public final class ShardStore {
         }
         if base < range.pendingEnd { return .pending }
         if base > range.pendingEnd { return .overtaken(expected: range.pendingEnd) }
-        guard try await logBatch(batch, of: range) else { return .rangeNotFound }
+        var prefix: UInt64?
+        if acknowledged > range.acknowledgedPending {
+            range.acknowledgedPending = acknowledged
+            prefix = acknowledged
+        }
+        guard try await logBatch(batch, of: range, acknowledged: prefix) else { return .rangeNotFound }
         return .committed(confirmedEnd: batch.endOffset)
     }
 
@@ -293,12 +324,19 @@ public final class ShardStore {
     /// Writes a batch that starts at the range's pending end to the log and waits until it is durable. False when
     /// the range was deleted (or recreated) meanwhile: the log then dropped the batch. A batch too large is refused
     /// before it counts as in flight, so appends placed before it are still waited for by a seal or a fence.
-    private func logBatch(_ batch: RecordBatchView, of range: RangeReplica) async throws(StoreError) -> Bool {
-        let limit = wal.configuration.maxEntryPayloadBytes
+    private func logBatch(_ batch: RecordBatchView, of range: RangeReplica, acknowledged: UInt64? = nil)
+        async throws(StoreError) -> Bool
+    {
+        // 8 bytes are kept for the acknowledged end an append may carry, so the limit does not depend on it.
+        let limit = wal.configuration.maxEntryPayloadBytes - 8
         guard batch.bytes.count <= limit else { throw .entryTooLarge(bytes: batch.bytes.count, limit: limit) }
         range.pendingEnd = batch.endOffset
         do {
-            _ = try await wal.append(.append, batch.bytes)
+            if let acknowledged {
+                _ = try await wal.append(.appendAcknowledged, batch.bytes, prefix: acknowledged)
+            } else {
+                _ = try await wal.append(.append, batch.bytes)
+            }
         } catch {
             // Only this append and those after it are lost (the WAL stops on a write failure).
             range.pendingEnd = min(range.pendingEnd, batch.baseOffset)

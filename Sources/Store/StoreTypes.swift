@@ -33,7 +33,17 @@ public struct RangeDescription: Sendable, Hashable {
     public let confirmedEnd: UInt64
     /// Set once sealed: the range's final end.
     public let sealedEnd: UInt64?
+    /// The writer's acknowledged end as its appends told this replica, durable here (0 when never told).
+    public var acknowledgedEnd: UInt64 = 0
     public var isSealed: Bool { sealedEnd != nil }
+
+    public init(key: RangeKey, start: UInt64, confirmedEnd: UInt64, sealedEnd: UInt64?, acknowledgedEnd: UInt64 = 0) {
+        self.key = key
+        self.start = start
+        self.confirmedEnd = confirmedEnd
+        self.sealedEnd = sealedEnd
+        self.acknowledgedEnd = acknowledgedEnd
+    }
 }
 
 /// Bounds of a shard's store.

@@ -10,6 +10,11 @@ public enum WALEntryKind: UInt8, Sendable {
     case deleteRange = 5
     /// Filler up to the next block boundary; carries nothing.
     case padding = 6
+    /// A record batch appended to a range, with the writer's acknowledged end it carried: the payload is that end
+    /// (u64, little-endian) followed by the batch.
+    case appendAcknowledged = 7
+    /// The writer's acknowledged end of a range (a `RangeRecord`), from an APPEND without records.
+    case acknowledge = 8
 }
 
 /// The framing of one WAL entry (docs/store.md). Little-endian:
@@ -32,18 +37,24 @@ public enum WALEntryLayout {
     public static let blockSize = 4096
 
     /// Writes an entry at `offset` of `buffer`, whose byte 0 sits at WAL position `base`.
-    static func write(kind: WALEntryKind, payload: UnsafeRawBufferPointer, previousFlushEnd: UInt64,
-                      into buffer: UnsafeMutableRawBufferPointer, at offset: Int, base: UInt64) {
+    /// With a `prefix`, the payload is the prefix (u64, little-endian) followed by `payload`.
+    static func write(kind: WALEntryKind, payload: UnsafeRawBufferPointer, prefix: UInt64? = nil,
+                      previousFlushEnd: UInt64, into buffer: UnsafeMutableRawBufferPointer, at offset: Int,
+                      base: UInt64) {
         let b = buffer
+        let prefixSize = prefix == nil ? 0 : 8
+        let length = prefixSize + payload.count
         b.storeBytes(of: previousFlushEnd.littleEndian, toByteOffset: offset + 8, as: UInt64.self)
-        b.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: offset + 16, as: UInt32.self)
+        b.storeBytes(of: UInt32(length).littleEndian, toByteOffset: offset + 16, as: UInt32.self)
         b[offset + 20] = kind.rawValue
         b[offset + 21] = version
         b.storeBytes(of: UInt16(0), toByteOffset: offset + 22, as: UInt16.self)
+        if let prefix { b.storeBytes(of: prefix.littleEndian, toByteOffset: offset + headerSize, as: UInt64.self) }
         if payload.count > 0 {
-            (b.baseAddress! + offset + headerSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
+            (b.baseAddress! + offset + headerSize + prefixSize).copyMemory(from: payload.baseAddress!,
+                                                                           byteCount: payload.count)
         }
-        let checksum = cs_xxh3_64(b.baseAddress! + offset + 8, headerSize - 8 + payload.count, base + UInt64(offset))
+        let checksum = cs_xxh3_64(b.baseAddress! + offset + 8, headerSize - 8 + length, base + UInt64(offset))
         b.storeBytes(of: checksum.littleEndian, toByteOffset: offset, as: UInt64.self)
     }
 

@@ -121,9 +121,13 @@ public final class WriteAheadLog {
     /// the order of the calls, also when some wait: while the next flush is full, or `maxWaitingAppends` appends
     /// already wait, the caller waits in line, and later callers line up behind it. After a failed write the log
     /// refuses every append (`walFailed`).
-    public func append(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer) async throws(StoreError) -> UInt64 {
-        guard payload.count <= configuration.maxEntryPayloadBytes else {
-            throw .entryTooLarge(bytes: payload.count, limit: configuration.maxEntryPayloadBytes)
+    /// With a `prefix`, the entry's payload is the prefix (u64, little-endian) followed by `payload`.
+    public func append(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer, prefix: UInt64? = nil)
+        async throws(StoreError) -> UInt64
+    {
+        let size = payload.count + (prefix == nil ? 0 : 8)
+        guard size <= configuration.maxEntryPayloadBytes else {
+            throw .entryTooLarge(bytes: size, limit: configuration.maxEntryPayloadBytes)
         }
         if let failure { throw .walFailed("\(failure)") }
         // Placing the entry, registering its waiter and scheduling the flush happen in the continuation's body, with
@@ -131,24 +135,24 @@ public final class WriteAheadLog {
         // entry without its waiter.
         let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>) in
             if let failure { return continuation.resume(returning: .failure(.walFailed("\(failure)"))) }
-            if spaceWaiters.isEmpty && place(kind, payload, continuation) { return }
-            spaceWaiters.append(WaitingEntry(kind: kind, payload: payload, continuation: continuation))
+            if spaceWaiters.isEmpty && place(kind, payload, prefix, continuation) { return }
+            spaceWaiters.append(WaitingEntry(kind: kind, payload: payload, prefix: prefix, continuation: continuation))
         }
         return try result.get()
     }
 
     /// Copies the entry into the filling buffer when it has room (and fewer than `maxWaitingAppends` wait on it).
-    private func place(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer,
+    private func place(_ kind: WALEntryKind, _ payload: UnsafeRawBufferPointer, _ prefix: UInt64?,
                        _ continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>) -> Bool {
         if settlePending { return false }
-        let size = WALEntryLayout.headerSize + payload.count
+        let size = WALEntryLayout.headerSize + payload.count + (prefix == nil ? 0 : 8)
         if fillBase == nil { startFilling(size) }
         guard WALEntryLayout.paddedEnd(fillOffset + size) <= fillLimit,
               fillWaiters.count < configuration.maxWaitingAppends
         else { return false }
         let position = fillBase! + UInt64(fillOffset)
-        WALEntryLayout.write(kind: kind, payload: payload, previousFlushEnd: fillPreviousEnd, into: filling,
-                             at: fillOffset, base: fillBase!)
+        WALEntryLayout.write(kind: kind, payload: payload, prefix: prefix, previousFlushEnd: fillPreviousEnd,
+                             into: filling, at: fillOffset, base: fillBase!)
         fillOffset += size
         fillWaiters.append(PlacedEntry(position: position, continuation: continuation))
         if !flushing && !flushScheduled {
@@ -172,7 +176,7 @@ public final class WriteAheadLog {
         var placed = 0
         while placed < spaceWaiters.count {
             let entry = spaceWaiters[placed]
-            guard place(entry.kind, entry.payload, entry.continuation) else { break }
+            guard place(entry.kind, entry.payload, entry.prefix, entry.continuation) else { break }
             placed += 1
         }
         if placed > 0 { spaceWaiters.removeFirst(placed) }
@@ -489,6 +493,7 @@ public final class WriteAheadLog {
 struct WaitingEntry {
     let kind: WALEntryKind
     let payload: UnsafeRawBufferPointer
+    let prefix: UInt64?
     let continuation: UnsafeContinuation<Result<UInt64, StoreError>, Never>
 }
 

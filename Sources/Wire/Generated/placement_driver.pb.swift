@@ -486,6 +486,18 @@ public nonisolated struct Elasticstream_V1_ListRangesRequest: Sendable {
     set {filter = .serverID(newValue)}
   }
 
+  /// The page starts at range index start_index (by stream), or at (start_stream_id, start_index) (by server).
+  public var startIndex: UInt32 = 0
+
+  /// By stream: the page starts no earlier than the range that holds this offset (the first range after it when
+  /// none holds it).
+  public var startOffset: UInt64 = 0
+
+  /// At most this many ranges: 0 means 1,000; at most 10,000.
+  public var limit: UInt32 = 0
+
+  public var startStreamID: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Filter: Equatable, Sendable {
@@ -512,6 +524,9 @@ public nonisolated struct Elasticstream_V1_ListRangesResponse: Sendable {
   public mutating func clearStatus() {self._status = nil}
 
   public var ranges: [Elasticstream_V1_Range] = []
+
+  /// More ranges follow the last one: ask again from the one after it.
+  public var more: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1420,7 +1435,7 @@ nonisolated extension Elasticstream_V1_DeleteStreamResponse: SwiftProtobuf.Messa
 
 nonisolated extension Elasticstream_V1_ListRangesRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListRangesRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}stream_id\0\u{3}server_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}stream_id\0\u{3}server_id\0\u{3}start_index\0\u{3}start_offset\0\u{1}limit\0\u{3}start_stream_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1444,6 +1459,10 @@ nonisolated extension Elasticstream_V1_ListRangesRequest: SwiftProtobuf.Message,
           self.filter = .serverID(v)
         }
       }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.startIndex) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.startOffset) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.limit) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.startStreamID) }()
       default: break
       }
     }
@@ -1465,11 +1484,27 @@ nonisolated extension Elasticstream_V1_ListRangesRequest: SwiftProtobuf.Message,
     }()
     case nil: break
     }
+    if self.startIndex != 0 {
+      try visitor.visitSingularUInt32Field(value: self.startIndex, fieldNumber: 3)
+    }
+    if self.startOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.startOffset, fieldNumber: 4)
+    }
+    if self.limit != 0 {
+      try visitor.visitSingularUInt32Field(value: self.limit, fieldNumber: 5)
+    }
+    if self.startStreamID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.startStreamID, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Elasticstream_V1_ListRangesRequest, rhs: Elasticstream_V1_ListRangesRequest) -> Bool {
     if lhs.filter != rhs.filter {return false}
+    if lhs.startIndex != rhs.startIndex {return false}
+    if lhs.startOffset != rhs.startOffset {return false}
+    if lhs.limit != rhs.limit {return false}
+    if lhs.startStreamID != rhs.startStreamID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1477,7 +1512,7 @@ nonisolated extension Elasticstream_V1_ListRangesRequest: SwiftProtobuf.Message,
 
 nonisolated extension Elasticstream_V1_ListRangesResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ListRangesResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}ranges\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}ranges\0\u{1}more\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1487,6 +1522,7 @@ nonisolated extension Elasticstream_V1_ListRangesResponse: SwiftProtobuf.Message
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._status) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.ranges) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.more) }()
       default: break
       }
     }
@@ -1503,12 +1539,16 @@ nonisolated extension Elasticstream_V1_ListRangesResponse: SwiftProtobuf.Message
     if !self.ranges.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.ranges, fieldNumber: 2)
     }
+    if self.more != false {
+      try visitor.visitSingularBoolField(value: self.more, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Elasticstream_V1_ListRangesResponse, rhs: Elasticstream_V1_ListRangesResponse) -> Bool {
     if lhs._status != rhs._status {return false}
     if lhs.ranges != rhs.ranges {return false}
+    if lhs.more != rhs.more {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
