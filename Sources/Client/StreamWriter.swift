@@ -136,7 +136,7 @@ public final class StreamWriter {
         var backoff = Duration.milliseconds(50)
         while true {
             let addresses = range.servers.map { ElasticStreamClient.address(of: $0, for: range) ?? "" }
-            let needed = replicaCount - acks + 1
+            let needed = ReplicaQuorum.answersNeeded(replicaCount: replicaCount, ackCount: acks)
             let answers = await callAll(addresses, .sealRange, header, enough: needed)
             var ends: [UInt64] = []
             for answer in answers {
@@ -152,9 +152,7 @@ public final class StreamWriter {
                     break
                 }
             }
-            if ends.count >= needed {
-                ends.sort(by: >)
-                let end = ends[acks - replicaCount + ends.count - 1]
+            if let end = ReplicaQuorum.sealEnd(ends: ends, replicaCount: replicaCount, ackCount: acks) {
                 logger.info("sealing an orphan range", metadata: [
                     "stream": "\(streamID)", "range": "\(range.index)", "ends": "\(ends)", "end": "\(end)",
                 ])
@@ -484,7 +482,9 @@ public final class StreamWriter {
               let wire = try? Frame.encodeRequest(operation: .append, requestID: 0, header: header,
                                                   payload: UnsafeRawBufferPointer(start: nil, count: 0))
         else { return }
-        for replica in replicas where !replica.failed {
+        // Every replica, failed ones too: a replica the writer stopped sending appends to must still hear that the
+        // writer is alive, or it would take the writer for gone and seal the range under it.
+        for replica in replicas {
             client.server(replica.address).send(wire: wire, timeout: configuration.appendTimeout) { _ in }
         }
     }

@@ -112,7 +112,11 @@ public struct PDConfiguration: Sendable, Hashable {
         let body = value.string ?? ""
         let units: [(String, Int64)] = [("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000)]
         for (suffix, nanoseconds) in units where body.hasSuffix(suffix) {
-            if let number = Int64(body.dropLast(suffix.count)), number > 0 { return .nanoseconds(number * nanoseconds) }
+            if let number = Int64(body.dropLast(suffix.count)), number > 0 {
+                let (product, overflow) = number.multipliedReportingOverflow(by: nanoseconds)
+                guard !overflow else { throw Invalid(description: "\(place) is too long: \(body)") }
+                return .nanoseconds(product)
+            }
         }
         throw Invalid(description: "\(place) must be a quoted positive duration such as \"50ms\", not \(value.debugDescription)")
     }

@@ -100,7 +100,13 @@ final class Registrar {
     private var stopped = false
     private var task: Task<Void, Error>?
     private var reconcileTask: Task<Void, Error>?
+    private var leaseTask: Task<Void, Error>?
     private var lastBeat: Instant
+    let leases: WriterLeases
+    /// Reconciliations that failed in a row (each is retried sooner than the interval).
+    private(set) var reconcileFailures = 0
+    /// Completed reconciliations since start.
+    private(set) var reconciliations = 0
 
     init(configuration: RangeServerConfiguration, placementDriver: [String], reactor: Reactor,
          services: [ShardBound<ShardService>], context: ShardContext) {
@@ -112,6 +118,8 @@ final class Registrar {
         lastBeat = context.now
         serverID = Self.storedID(configuration.dataDirectory) ?? 0
         idStored = serverID != 0
+        leases = WriterLeases(configuration: configuration, pd: pd, reactor: reactor, services: services,
+                              context: context)
     }
 
     static func storedID(_ directory: String) -> UInt64? {
@@ -170,6 +178,7 @@ final class Registrar {
         let bound = ShardBound(self)
         // Reconciliation may take a while (seals, repairs): it runs beside the heartbeats, not between them.
         reconcileTask = context.spawn { await bound.value.reconcileLoop() }
+        leaseTask = context.spawn { await bound.value.leaseLoop() }
         while !stopped {
             try? await context.sleep(for: configuration.heartbeatInterval)
             if stopped { break }
@@ -185,34 +194,79 @@ final class Registrar {
         }
     }
 
+    /// Reconciles every `reconcile_interval`; a failed reconciliation is retried after 1 s, then 2, 4… (never
+    /// later than the interval), and every failure is logged with how many came in a row.
     private func reconcileLoop() async {
         while !stopped {
-            await reconcile()
-            try? await context.sleep(for: configuration.reconcileInterval)
+            let clock = context.now
+            do {
+                let (sealed, deleted, listed) = try await reconcile()
+                if reconcileFailures > 0 || sealed + deleted > 0 {
+                    logger.info("reconciled with the placement driver", metadata: [
+                        "listed": "\(listed)", "sealed": "\(sealed)", "deleted": "\(deleted)",
+                        "after_failures": "\(reconcileFailures)", "ms": "\((context.now - clock).wholeNanoseconds / 1_000_000)",
+                    ])
+                }
+                reconcileFailures = 0
+                reconciliations += 1
+                try? await context.sleep(for: configuration.reconcileInterval)
+            } catch {
+                reconcileFailures += 1
+                logger.warning("reconciliation with the placement driver failed; retrying", metadata: [
+                    "error": "\(error)", "failures_in_a_row": "\(reconcileFailures)",
+                ])
+                let backoff = Duration.seconds(1 << min(reconcileFailures - 1, 5))
+                try? await context.sleep(for: min(backoff, configuration.reconcileInterval))
+            }
         }
     }
 
-    /// Takes every shard's replicas, then the placement driver's ranges for this server. Each shard seals (and
-    /// repairs) the ranges sealed there. A replica the placement driver does not list for this server is deleted
-    /// only on positive evidence that its range is gone: its stream is marked deleted, or the stream's ranges now
-    /// start past it (trimmed). A stream the placement driver does not know at all is kept (its state may have been
-    /// lost) and reported.
-    private func reconcile() async {
+    /// Every quarter lease (at least 250 ms), seals ranges whose writer is gone (`WriterLeases`).
+    private func leaseLoop() async {
+        let interval = max(configuration.writerLease / 4, .milliseconds(250))
+        while !stopped {
+            try? await context.sleep(for: interval)
+            if stopped { break }
+            await leases.sweep(serverID: serverID) { [unowned self] in self.stopped }
+        }
+    }
+
+    /// Takes every shard's replicas, then the placement driver's ranges for this server, a page at a time. Each
+    /// shard seals (and repairs) the ranges sealed there, page by page. A replica the placement driver does not list
+    /// for this server is deleted only on positive evidence that its range is gone: its stream is marked deleted, or
+    /// the stream's ranges now start past it (trimmed). A stream the placement driver does not know at all is kept
+    /// (its state may have been lost) and reported. Throws when the placement driver cannot be read.
+    private func reconcile() async throws(PDError) -> (sealed: Int, deleted: Int, listed: Int) {
         var held: [[RangeKey]] = []
         for index in 0..<services.count {
             let services = services
             held.append((try? await reactor.submit(to: index) { services[index].value.store.rangeKeys }) ?? [])
         }
+        let count = services.count
+        var listedKeys = Set<RangeKey>()
+        var sealed = 0
+        var deleted = 0
         var request = Elasticstream_V1_ListRangesRequest()
         request.serverID = serverID
-        let listed: [Elasticstream_V1_Range]
-        do {
-            listed = try await pd.call(.listRanges, request, as: Elasticstream_V1_ListRangesResponse.self).ranges
-        } catch {
-            logger.warning("could not list this server's ranges", metadata: ["error": "\(error)"])
-            return
+        request.limit = UInt32(Self.reconcilePage)
+        while !stopped {
+            let page = try await pd.call(.listRanges, request, as: Elasticstream_V1_ListRangesResponse.self)
+            for range in page.ranges { listedKeys.insert(RangeKey(streamID: range.streamID, index: range.index)) }
+            for index in 0..<count {
+                let mine = page.ranges.filter {
+                    $0.sealed && RangeRouting.shard(streamID: $0.streamID, rangeIndex: $0.index, shardCount: count) == index
+                }
+                guard !mine.isEmpty else { continue }
+                let services = services
+                let result = try? await reactor.run(on: index) { _ in
+                    await services[index].value.reconcile(sealed: mine, gone: [])
+                }
+                sealed += result?.sealed ?? 0
+            }
+            guard page.more, let last = page.ranges.last else { break }
+            request.startStreamID = last.streamID
+            request.startIndex = last.index + 1
         }
-        let listedKeys = Set(listed.map { RangeKey(streamID: $0.streamID, index: $0.index) })
         var gone: Set<RangeKey> = []
         let unlisted = held.joined().filter { !listedKeys.contains($0) }
         for (stream, keys) in Dictionary(grouping: unlisted, by: \.streamID) {
@@ -224,29 +278,34 @@ final class Registrar {
                     gone.formUnion(keys)
                     continue
                 }
+                // The stream's first range: replicas below it were trimmed away.
                 var list = Elasticstream_V1_ListRangesRequest()
                 list.streamID = stream
+                list.limit = 1
                 let ranges = try await pd.call(.listRanges, list, as: Elasticstream_V1_ListRangesResponse.self).ranges
-                guard let first = ranges.map(\.index).min() else { continue }
+                guard let first = ranges.first?.index else { continue }
                 gone.formUnion(keys.filter { $0.index < first })
             } catch {
                 if error.code == .streamNotFound {
                     logger.error("replicas of a stream the placement driver does not know are kept",
                                  metadata: ["stream": "\(stream)", "replicas": "\(keys.count)"])
+                } else {
+                    throw error
                 }
             }
         }
-        let count = services.count
         for index in 0..<count {
-            let mine = listed.filter {
-                $0.sealed && RangeRouting.shard(streamID: $0.streamID, rangeIndex: $0.index, shardCount: count) == index
-            }
             let doomed = held[index].filter { gone.contains($0) }
-            guard !mine.isEmpty || !doomed.isEmpty else { continue }
+            guard !doomed.isEmpty else { continue }
             let services = services
-            _ = try? await reactor.run(on: index) { _ in await services[index].value.reconcile(sealed: mine, gone: doomed) }
+            let result = try? await reactor.run(on: index) { _ in await services[index].value.reconcile(sealed: [], gone: doomed) }
+            deleted += result?.deleted ?? 0
         }
+        return (sealed, deleted, listedKeys.count)
     }
+
+    /// Ranges per LIST_RANGES page during reconciliation.
+    static let reconcilePage = 2_000
 
     private func heartbeat(_ state: Elasticstream_V1_ServerState) async throws(PDError) {
         var ranges: UInt64 = 0
@@ -277,6 +336,8 @@ final class Registrar {
         stopped = true
         task?.cancel()
         reconcileTask?.cancel()
+        leaseTask?.cancel()
+        await leases.close()
         if serverID != 0 {
             pd.timeout = .seconds(1)
             do {

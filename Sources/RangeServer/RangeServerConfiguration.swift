@@ -18,6 +18,10 @@ public struct RangeServerConfiguration: Sendable, Hashable {
     /// How often the server compares its replicas with the placement driver's ranges (and once after it registers):
     /// seals it missed are applied, and replicas of deleted or trimmed ranges are removed.
     public var reconcileInterval: Duration = .seconds(30)
+    /// An open range whose writer this server has not heard from for this long (writers send an APPEND at least
+    /// every second, records or not) is sealed by the server, once every replica that answers agrees the writer is
+    /// silent: readers of a stream nobody writes to then see every acknowledged record.
+    public var writerLease: Duration = .seconds(10)
     public var segmentBytes = 64 << 20
     public var cacheBytes = 64 << 20
     public var checkpointIntervalBytes = 64 << 20
@@ -75,6 +79,7 @@ public struct RangeServerConfiguration: Sendable, Hashable {
                 placementDriver = addresses
             case "heartbeat_interval": heartbeatInterval = try PDConfiguration.duration(value, place)
             case "reconcile_interval": reconcileInterval = try PDConfiguration.duration(value, place)
+            case "writer_lease": writerLease = try PDConfiguration.duration(value, place)
             case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 34))
             case "cache_bytes": cacheBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 36))
             case "wal_durability":

@@ -62,6 +62,10 @@ final class ShardService {
     var limits: FrameLimits { FrameLimits(maxFrameBytes: configuration.maxFrameBytes, maxHeaderBytes: 1 << 20) }
 
     func start() {
+        // Every open replica's writer gets a whole lease from now (when it was last heard before a restart is not
+        // known).
+        let now = context.now
+        for key in store.rangeKeys where store.describe(key)?.isSealed == false { lastHeard[key] = now }
         let bound = ShardBound(self)
         acceptTask = context.spawn { await bound.value.acceptLoop() }
     }
@@ -377,6 +381,7 @@ final class ShardService {
         } catch .rangeConflict(_, let detail) {
             throw Refusal(.rangeAlreadyExists, "\(key): \(detail)")
         }
+        if store.describe(key)?.isSealed == false, lastHeard[key] == nil { lastHeard[key] = context.now }
         var response = Elasticstream_V1_CreateRangeResponse()
         response.range = request.range
         return try Frame(responseTo: frame, header: response)
@@ -474,7 +479,27 @@ final class ShardService {
         response.range.sealed = description.isSealed
         response.range.endOffset = description.sealedEnd ?? 0
         response.confirmedOffset = description.confirmedEnd
+        response.acknowledgedOffset = description.acknowledgedEnd
+        if !description.isSealed {
+            let idle = context.now - (lastHeard[key] ?? context.now)
+            response.writerIdleMs = idle.wholeNanoseconds / 1_000_000
+        }
         return try Frame(responseTo: frame, header: response)
+    }
+
+    /// Open replicas whose writer has been silent for at least `lease`, longest silent first, at most `limit`.
+    func silentWriters(lease: Duration, limit: Int) -> [(key: RangeKey, idle: Duration)] {
+        let now = context.now
+        var silent: [(key: RangeKey, idle: Duration)] = []
+        for (key, heard) in lastHeard where now - heard >= lease {
+            guard let description = store.describe(key), !description.isSealed else {
+                lastHeard[key] = nil
+                continue
+            }
+            silent.append((key, now - heard))
+        }
+        silent.sort { $0.idle > $1.idle }
+        return Array(silent.prefix(limit))
     }
 
     // MARK: - Waiting readers

@@ -13,3 +13,23 @@ public enum RangeRouting {
         return Int(hash(streamID: streamID, rangeIndex: rangeIndex) % UInt64(shardCount))
     }
 }
+
+/// Where a range whose writer is gone is sealed, from the confirmed ends its fenced replicas answered: with `s`
+/// answers of `r` replicas and an ack count of `a`, the `(a − r + s)`-th highest end. Every acknowledged record is
+/// held by `a` replicas, at most `r − s` of which did not answer, so at least `a − (r − s)` of the answers are at
+/// or past it. It needs `r − a + 1` answers (nil with fewer). Shared by a new writer and a server sealing a range
+/// whose writer's lease lapsed.
+public enum ReplicaQuorum {
+    public static func answersNeeded(replicaCount: Int, ackCount: Int) -> Int {
+        max(1, replicaCount - ackCount + 1)
+    }
+
+    public static func sealEnd(ends: [UInt64], replicaCount: Int, ackCount: Int) -> UInt64? {
+        guard replicaCount >= 1, (1...replicaCount).contains(ackCount),
+              ends.count >= answersNeeded(replicaCount: replicaCount, ackCount: ackCount),
+              ends.count <= replicaCount
+        else { return nil }
+        let sorted = ends.sorted(by: >)
+        return sorted[ackCount - replicaCount + ends.count - 1]
+    }
+}

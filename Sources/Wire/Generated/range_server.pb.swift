@@ -404,6 +404,13 @@ public nonisolated struct Elasticstream_V1_DescribeRangeResponse: Sendable {
 
   public var confirmedOffset: UInt64 = 0
 
+  /// The writer's acknowledged end this replica holds durably (committed-only reads of an open range stop there).
+  public var acknowledgedOffset: UInt64 = 0
+
+  /// Milliseconds since this replica last heard the range's writer (an APPEND, with or without records); since the
+  /// replica started when it has not heard it since. 0 for a sealed range.
+  public var writerIdleMs: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -962,7 +969,7 @@ nonisolated extension Elasticstream_V1_DescribeRangeRequest: SwiftProtobuf.Messa
 
 nonisolated extension Elasticstream_V1_DescribeRangeResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DescribeRangeResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}range\0\u{3}confirmed_offset\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}range\0\u{3}confirmed_offset\0\u{3}acknowledged_offset\0\u{3}writer_idle_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -973,6 +980,8 @@ nonisolated extension Elasticstream_V1_DescribeRangeResponse: SwiftProtobuf.Mess
       case 1: try { try decoder.decodeSingularMessageField(value: &self._status) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._range) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.confirmedOffset) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.acknowledgedOffset) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.writerIdleMs) }()
       default: break
       }
     }
@@ -992,6 +1001,12 @@ nonisolated extension Elasticstream_V1_DescribeRangeResponse: SwiftProtobuf.Mess
     if self.confirmedOffset != 0 {
       try visitor.visitSingularUInt64Field(value: self.confirmedOffset, fieldNumber: 3)
     }
+    if self.acknowledgedOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.acknowledgedOffset, fieldNumber: 4)
+    }
+    if self.writerIdleMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.writerIdleMs, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -999,6 +1014,8 @@ nonisolated extension Elasticstream_V1_DescribeRangeResponse: SwiftProtobuf.Mess
     if lhs._status != rhs._status {return false}
     if lhs._range != rhs._range {return false}
     if lhs.confirmedOffset != rhs.confirmedOffset {return false}
+    if lhs.acknowledgedOffset != rhs.acknowledgedOffset {return false}
+    if lhs.writerIdleMs != rhs.writerIdleMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
