@@ -1008,8 +1008,9 @@ class Chaos:
                      f"STOPPED SHORT at offset {t['last_offset']} of {t['final_end']}")
                   + f"; {t['restarts']} restarts; {t['behind_at_stop']} records behind when the writers stopped")
                 if t.get("lag_samples"):
-                    p(f"  tail lag    after the append's ack: p50 {t['lag_p50']:.2f} s, p99 {t['lag_p99']:.2f} s, "
-                      f"max {t['lag_max']:.2f} s ({t['lag_samples']} records)")
+                    p(f"  tail lag    tail arrival minus the exit of the esctl append that wrote the record "
+                      f"(negative: printed before esctl had sealed and exited): p50 {t['lag_p50']:.2f} s, "
+                      f"p99 {t['lag_p99']:.2f} s, max {t['lag_max']:.2f} s ({t['lag_samples']} records)")
                 if t["bad"]:
                     failures.append(f"stream {s}: the tail printed wrong records (order/duplicates/unknown)")
             gaps = stall_gaps(attempts, self.t_load_begin, self.t_writers_stopped)
@@ -1124,10 +1125,13 @@ def main():
 
     chaos = Chaos(args)
 
+    interrupted = []
+
     def on_signal(number, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Interrupted(f"signal {number}")
+        # The first signal stops the run; later ones (run.sh forwards Ctrl-C as SIGTERM) are ignored.
+        if not interrupted:
+            interrupted.append(number)
+            raise Interrupted(f"signal {number}")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

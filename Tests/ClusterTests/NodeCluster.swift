@@ -20,9 +20,13 @@ final class NodeCluster: @unchecked Sendable {
     private var processes: [Int: Process] = [:]
     private let lock = NSLock()
 
-    init(nodes: Int = 3, shards: Int = 1) throws {
+    /// `[server] writer_lease` of every node.
+    let writerLease: String
+
+    init(nodes: Int = 3, shards: Int = 1, writerLease: String = "10s") throws {
         self.nodes = nodes
         self.shards = shards
+        self.writerLease = writerLease
         let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
         directory = "\(parent)/es-nodes-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -69,6 +73,7 @@ final class NodeCluster: @unchecked Sendable {
             data_dir = "\(directory)/node-\(node)/server"
             heartbeat_interval = "200ms"
             reconcile_interval = "1s"
+            writer_lease = "\(writerLease)"
             segment_bytes = 8388608
             cache_bytes = 16777216
             drain_timeout = "1s"

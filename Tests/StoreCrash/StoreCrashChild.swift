@@ -41,12 +41,21 @@ func say(_ line: String) {
 @main
 struct StoreCrashChild {
     static func main() async throws {
-        guard CommandLine.arguments.count == 2 else {
-            FileHandle.standardError.write(Data("usage: store-crash-child DIRECTORY\n".utf8))
+        guard CommandLine.arguments.count == 2 || (CommandLine.arguments.count == 3 && CommandLine.arguments[2] == "many")
+        else {
+            FileHandle.standardError.write(Data("usage: store-crash-child DIRECTORY [many]\n".utf8))
             exit(2)
         }
         let directory = CommandLine.arguments[1]
         let reactor = try Reactor(configuration: .testing(shards: 1))
+        if CommandLine.arguments.count == 3 {
+            _ = try await reactor.run(on: 0) { context -> Int in
+                let store = ShardBound(try await ShardStore.open(manyRangesConfiguration(directory), on: context))
+                say("START")
+                try await createRangesForever(store)
+                return 0
+            }
+        }
         _ = try await reactor.run(on: 0) { context -> Int in
             let store = ShardBound(try await ShardStore.open(crashTestConfiguration(directory), on: context))
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -92,5 +101,62 @@ func appendForever(_ store: ShardBound<ShardStore>, _ key: RangeKey) async throw
                 try await store.value.trim(key, below: trimmed)
             }
         }
+    }
+}
+
+/// The "many" mode: small ranges, as a stream of short writers leaves them. Each has one batch of 1 to 5 records
+/// (values a function of the stream and offset); even streams are sealed, odd ones stay open with the writer's
+/// acknowledged end recorded (carried by the append). 64 ranges are made at once. For each, once everything about
+/// it is durable: `RANGE <stream> <end> <sealed 0|1> <acknowledged end>`.
+func manyRangesConfiguration(_ directory: String) -> StoreConfiguration {
+    StoreConfiguration(wal: WALConfiguration(directory: directory, segmentSizeBytes: 1 << 20, maxFlushBytes: 64 << 10,
+                                             maxSpareSegments: 2),
+                       checkpointIntervalBytes: 2 << 20)
+}
+
+func manyRangesBatch(_ stream: UInt64) throws -> [UInt8] {
+    let key = RangeKey(streamID: stream, index: 0)
+    return try crashTestBatch(key, stream * 10, count: Int(stream % 5) + 1)
+}
+
+func createRangesForever(_ store: ShardBound<ShardStore>) async throws {
+    var next = UInt64(1_000)
+    while let key = store.value.rangeKeys.max(by: { $0.streamID < $1.streamID }), key.streamID >= next {
+        next = key.streamID + 1
+    }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for _ in 0..<64 {
+            let stream = next
+            next += 1
+            group.addTask { try await makeRange(store, stream) }
+        }
+        while true {
+            try await group.next()
+            let stream = next
+            next += 1
+            group.addTask { try await makeRange(store, stream) }
+        }
+    }
+}
+
+func makeRange(_ store: ShardBound<ShardStore>, _ stream: UInt64) async throws {
+    let key = RangeKey(streamID: stream, index: 0)
+    let start = stream * 10
+    try await store.value.createRange(key, start: start)
+    let bytes = try manyRangesBatch(stream)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+    defer { buffer.deallocate() }
+    buffer.copyBytes(from: bytes)
+    let view = try RecordBatchView(validating: UnsafeRawBufferPointer(buffer))
+    let sealed = stream % 2 == 0
+    // The writer's acknowledged end so far: the start (nothing acknowledged before this batch).
+    guard case .committed(let end) = try await store.value.append(view, acknowledged: sealed ? 0 : start + 1)
+    else { return }
+    if sealed {
+        _ = try await store.value.seal(key, at: end)
+        say("RANGE \(stream) \(end) 1 0")
+    } else {
+        try await store.value.acknowledge(key, upTo: end)
+        say("RANGE \(stream) \(end) 0 \(end)")
     }
 }
