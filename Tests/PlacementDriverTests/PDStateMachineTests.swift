@@ -299,3 +299,79 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(PDCommand([0xFF, 0xFF] + [UInt8](repeating: 0, count: 24)) == nil)
     }
 }
+
+@Suite struct RangePagingTests {
+    /// Builds `streams` streams of `perStream` ranges each (all sealed but the last, two records each), placed on
+    /// three of four servers.
+    static func machine(streams: Int, perStream: Int) throws -> Applier {
+        var pd = Applier()
+        for _ in 0..<4 { _ = try pd.register() }
+        for _ in 0..<streams {
+            let stream = try pd.createStream()
+            guard case .stream(let opened, _) = try pd.open(stream.streamID) else { throw PDError(.unknown, "open") }
+            for index in 0..<UInt32(perStream) {
+                let start = UInt64(index) * 2
+                #expect(code(try pd.createRange(stream.streamID, index: index, start: start, epoch: opened.epoch)) == .ok)
+                if index + 1 < perStream {
+                    #expect(code(try pd.seal(stream.streamID, index: index, end: start + 2, epoch: opened.epoch)) == .ok)
+                }
+            }
+        }
+        return pd
+    }
+
+    /// Listing a stream a page at a time, and seeking to the range that holds an offset.
+    @Test func aStreamsRangesComeInPagesAndFromAnOffset() throws {
+        let pd = try Self.machine(streams: 1, perStream: 2_500)
+        var all: [UInt32] = []
+        var next: UInt32 = 0
+        var pages = 0
+        while true {
+            let page = try pd.machine.listRanges(stream: 1, startIndex: next, startOffset: 0, limit: 1_000)
+            all += page.ranges.map(\.index)
+            pages += 1
+            guard page.more, let last = page.ranges.last else { break }
+            next = last.index + 1
+        }
+        #expect(pages == 3 && all == Array(0..<2_500))
+        // Offset 1,001 lies in range 500 ([1,000, 1,002)).
+        let seek = try pd.machine.listRanges(stream: 1, startIndex: 0, startOffset: 1_001, limit: 10)
+        #expect(seek.ranges.first?.index == 500 && seek.ranges.count == 10 && seek.more)
+        // At the end of the stream (its last, open range holds every offset from 4,998 on).
+        let end = try pd.machine.listRanges(stream: 1, startIndex: 0, startOffset: 1_000_000, limit: 10)
+        #expect(end.ranges.map(\.index) == [2_499] && !end.more)
+        // Opening the stream answers its last range only, however many it has.
+        var copy = pd
+        guard case .stream(_, let ranges) = try copy.open(1) else { throw PDError(.unknown, "open") }
+        #expect(ranges.map(\.index) == [2_499])
+    }
+
+    /// Listing a server's ranges a page at a time over 100,000 ranges gives each exactly once, in order.
+    @Test func aServersRangesComeInPagesWithoutGapsOrRepeats() throws {
+        let pd = try Self.machine(streams: 40, perStream: 2_500)
+        var listed = 0
+        for server in UInt64(1)...4 {
+            var seen = 0
+            var previous: (UInt64, UInt32)?
+            var start: (UInt64, UInt32) = (0, 0)
+            var expected = 0
+            for ranges in pd.machine.ranges.values {
+                expected += ranges.filter { $0.servers.contains { $0.serverID == server } }.count
+            }
+            while true {
+                let page = pd.machine.listRanges(server: server, startStream: start.0, startIndex: start.1, limit: 5_000)
+                for range in page.ranges {
+                    #expect(range.servers.contains { $0.serverID == server })
+                    if let previous { #expect(previous < (range.streamID, range.index)) }
+                    previous = (range.streamID, range.index)
+                }
+                seen += page.ranges.count
+                guard page.more, let last = page.ranges.last else { break }
+                start = (last.streamID, last.index + 1)
+            }
+            #expect(seen == expected, "server \(server): \(seen) of \(expected)")
+            listed += seen
+        }
+        #expect(listed == 3 * 100_000, "\(listed) replicas listed of 300,000")
+    }
+}
