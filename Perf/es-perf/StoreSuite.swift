@@ -41,6 +41,67 @@ struct StoreSuite: FigureSuite {
         if only == nil || only == "throughput" { try await throughputFigures(reactor, root: root, total: total, qd1: qd1) }
         if only == nil || only == "read" { try await readFigures(reactor, root: root, total: total) }
         if only == nil || only == "recovery" { try await recoveryFigures(reactor, root: root, total: total, qd1: qd1) }
+        if only == nil || only == "ranges" { try await manyRangesFigures(reactor, root: root) }
+    }
+
+    /// A store holding 100,000 small ranges (10,000 with `--quick`), as thousands of short writers leave them: one
+    /// batch of 100 bytes each, half sealed, half open with an acknowledged end. Restart time per 10,000 ranges
+    /// after a clean close (the closing checkpoint is loaded, nothing replayed) and after a crash (the last
+    /// checkpoint is loaded and the log after it replayed); baseline: reading the same bytes (checkpoint and
+    /// replayed log) with fio.
+    private func manyRangesFigures(_ reactor: Reactor, root: String) async throws {
+        let count = options.quick ? 10_000 : 100_000
+        for crash in [false, true] {
+            let directory = "\(root)/ranges-\(crash ? "crash" : "clean")"
+            let configuration = configuration(directory)
+            try await reactor.run(on: 0) { context in
+                let store = ShardBound(try await ShardStore.open(configuration, on: context))
+                let value = [UInt8](repeating: 9, count: 100)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for worker in 0..<256 {
+                        group.addTask {
+                            var stream = worker
+                            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 8)
+                            defer { buffer.deallocate() }
+                            while stream < count {
+                                let key = RangeKey(streamID: UInt64(stream + 1), index: 0)
+                                try await store.value.createRange(key, start: 0)
+                                var builder = try RecordBatchBuilder(into: buffer, streamID: key.streamID, rangeIndex: 0,
+                                                                     baseOffset: 0, baseTimestamp: 0)
+                                try value.withUnsafeBytes { try builder.append(timestamp: 0, value: $0) }
+                                let length = builder.finish()
+                                let view = try RecordBatchView(validating: UnsafeRawBufferPointer(rebasing: buffer[..<length]))
+                                _ = try await store.value.append(view, acknowledged: stream % 2 == 0 ? 0 : 1)
+                                if stream % 2 == 0 { _ = try await store.value.seal(key, at: 1) }
+                                stream += 256
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                if !crash { await store.value.close() }
+            }
+            let start = cs_monotonic_ns()
+            let (ranges, replayed, checkpointBytes) = try await reactor.run(on: 0) { context -> (Int, UInt64, Int) in
+                let store = try await ShardStore.open(configuration, on: context)
+                let ranges = store.rangeKeys.count
+                let replayed = store.recoveredBytes
+                await store.close()
+                let sizes = (0..<2).compactMap {
+                    (try? FileManager.default.attributesOfItem(atPath: "\(directory)/checkpoint-\($0).ckpt")[.size]) as? Int
+                }
+                return (ranges, replayed, sizes.max() ?? 0)
+            }
+            let seconds = Double(cs_monotonic_ns() - start) / 1e9
+            guard ranges == count else { throw PerfError("\(ranges) ranges after the restart, \(count) made") }
+            let bytes = max(4096, checkpointBytes + Int(replayed))
+            let fio = try Fio.sequentialRead(file: "\(root)/fio-ranges", sizeBytes: (bytes + 4095) / 4096 * 4096,
+                                             blockBytes: 131072)
+            let per = 10_000 / Double(count)
+            emit("restart_\(crash ? "crash" : "clean")_ms_per_10k_ranges", seconds * per * 1000, "ms", .lower,
+                 "fio reading the same \(bytes >> 10) KiB (checkpoint + replayed log), per 10k ranges",
+                 Double(bytes) / fio * per * 1000)
+        }
     }
 
     private func qd1Figures(_ reactor: Reactor, root: String, total: Int, qd1: AppendRun) async throws {

@@ -20,7 +20,7 @@ let usage = """
       --dir PATH   where the write benchmark puts its 256 MiB file (default: $TMPDIR or /var/tmp); ext4 or xfs
       --quick      fewer iterations (a smoke run; figures are noisier)
       --no-pin     do not pin shard threads to CPUs
-      --only NAME  one group of figures: nop, hop, cross or write (reactor); qd1, throughput, read or recovery
+      --only NAME  one group of figures: nop, hop, cross or write (reactor); qd1, throughput, read, recovery or ranges
                    (store: the QD1 figures always run, the others use them); 1k or 64k (cluster)
       --config F   take the reactor's settings from the [reactor] table of F (needs at least two shards)
     """

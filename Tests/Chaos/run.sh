@@ -43,11 +43,12 @@ cleanup() {
         kill -KILL "$child" 2>/dev/null
     fi
     if [ -f "$workdir/pids" ]; then
+        local server client exe
+        server=$(readlink -f "$bin/elastic-stream")
+        client=$(readlink -f "$bin/esctl")
         while read -r pid _; do
-            exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-            case "$exe" in
-                "$bin/elastic-stream"|"$bin/esctl") kill -KILL "$pid" 2>/dev/null ;;
-            esac
+            exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null) || continue
+            if [ "$exe" = "$server" ] || [ "$exe" = "$client" ]; then kill -KILL "$pid" 2>/dev/null; fi
         done < "$workdir/pids"
     fi
 }
