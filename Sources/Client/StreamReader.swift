@@ -237,8 +237,19 @@ public struct TailSequence: AsyncSequence {
         var position = 0
 
         public mutating func next() async throws -> ReadRecord? {
+            var pause = Duration.milliseconds(50)
             while position >= buffered.count {
-                buffered = try await reader.value.read(from: next, maxBytes: 1 << 20, wait: .milliseconds(500))
+                do {
+                    buffered = try await reader.value.read(from: next, maxBytes: 1 << 20, wait: .milliseconds(500))
+                    pause = .milliseconds(50)
+                } catch {
+                    // A tail follows the stream through failures: replicas or the placement driver down for a
+                    // while are waited out (the cluster heals); only errors that cannot heal end it.
+                    guard Self.transient(error) else { throw error }
+                    buffered = []
+                    try? await reader.value.client.context.sleep(for: pause)
+                    pause = Swift.min(pause * 2, .seconds(1))
+                }
                 position = 0
             }
             let record = buffered[position]
@@ -249,4 +260,18 @@ public struct TailSequence: AsyncSequence {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(reader: reader, next: start) }
+}
+
+extension TailSequence.AsyncIterator {
+    /// Failures a tail waits out: unreachable or slow replicas, a placement driver without a leader or quorum, a
+    /// replica that is stopping or lacks records yet.
+    static func transient(_ error: ClientError) -> Bool {
+        switch error {
+        case .unavailable: return true
+        case .placementDriver(let pd): return [.timeout, .noLeader, .notLeader, .shuttingDown, .unknown].contains(pd.code)
+        case .server(let code, _):
+            return [.shuttingDown, .tooManyRequests, .timeout, .rangeNotFound, .dataCorrupted, .unknown].contains(code)
+        default: return false
+        }
+    }
 }
