@@ -41,7 +41,7 @@ public struct PDStateMachine: Sendable {
     public mutating func apply(_ command: PDCommand, at index: UInt64) -> PDResult {
         revision = max(revision, index)
         if command.clientID != 0, let earlier = sessions[command.clientID]?.results[command.sequence] {
-            sessions[command.clientID]!.lastUsed = index
+            touch(command.clientID, at: index)
             return earlier
         }
         let result: PDResult
@@ -70,14 +70,51 @@ public struct PDStateMachine: Sendable {
     private mutating func remember(_ result: PDResult, client: UInt64, sequence: UInt64, at index: UInt64) {
         // In place: a copy of the session would copy its results on every call.
         sessions[client, default: Session()].results[sequence] = result
-        sessions[client]!.lastUsed = index
+        touch(client, at: index)
         if sessions[client]!.results.count > 2 * Self.resultsPerClient {
             let floor = sessions[client]!.results.keys.sorted(by: >)[Self.resultsPerClient - 1]
             sessions[client]!.results = sessions[client]!.results.filter { $0.key >= floor }
         }
-        if sessions.count > Self.maxSessions {
-            let oldest = sessions.min { ($0.value.lastUsed, $0.key) < ($1.value.lastUsed, $1.key) }!.key
-            sessions[oldest] = nil
+        if sessions.count > Self.maxSessions { evictOldestSession() }
+    }
+
+    /// (log index, client) in apply order, so that the least recently used session is found from the front in
+    /// constant amortized time (a scan of 10,000 sessions on every write would cap the placement driver's rate).
+    /// Entries whose client was used again later are stale and skipped. Every member applies the same log, so every
+    /// member evicts the same session: the one with the oldest last use (log indexes are unique).
+    private var usage: [SessionUse] = []
+    private var usageHead = 0
+
+    struct SessionUse: Sendable {
+        let index: UInt64
+        let client: UInt64
+    }
+
+    private mutating func touch(_ client: UInt64, at index: UInt64) {
+        sessions[client]!.lastUsed = index
+        usage.append(SessionUse(index: index, client: client))
+        // Bounded: rebuilt from the live sessions when stale entries dominate.
+        if usage.count - usageHead > 4 * max(sessions.count, 1_024) { rebuildUsage() }
+    }
+
+    private mutating func rebuildUsage() {
+        usage = sessions.map { SessionUse(index: $0.value.lastUsed, client: $0.key) }
+            .sorted { ($0.index, $0.client) < ($1.index, $1.client) }
+        usageHead = 0
+    }
+
+    private mutating func evictOldestSession() {
+        while usageHead < usage.count {
+            let use = usage[usageHead]
+            usageHead += 1
+            if let session = sessions[use.client], session.lastUsed == use.index {
+                sessions[use.client] = nil
+                break
+            }
+        }
+        if usageHead > 4_096 && usageHead * 2 > usage.count {
+            usage.removeFirst(usageHead)
+            usageHead = 0
         }
     }
 
@@ -555,5 +592,6 @@ public struct PDStateMachine: Sendable {
             sessions[client] = session
         }
         guard offset == bytes.count else { throw PDError(.dataCorrupted, "\(bytes.count - offset) bytes left in snapshot") }
+        rebuildUsage()
     }
 }

@@ -316,7 +316,7 @@ final class Registrar {
                 let service = services[index].value
                 let appended = service.appendedBytes
                 service.appendedBytes = 0
-                return (service.store.rangeKeys.count, appended)
+                return (service.store.rangeCount, appended)
             }) ?? (0, 0)
             ranges += UInt64(count)
             bytes += appended

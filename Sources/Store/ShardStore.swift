@@ -351,6 +351,8 @@ public final class ShardStore {
 
     /// Every range replica on this shard.
     public var rangeKeys: [RangeKey] { Array(ranges.keys) }
+    /// How many range replicas this shard holds (without building the list).
+    public var rangeCount: Int { ranges.count }
 
     /// Drops records below `offset` (rounded down to a batch boundary).
     public func trim(_ key: RangeKey, below offset: UInt64) async throws(StoreError) {

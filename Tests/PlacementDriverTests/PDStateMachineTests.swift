@@ -260,6 +260,35 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(pd.machine.sessionCount == 1)
     }
 
+    /// Past 10,000 clients, the least recently used one is forgotten first (a client used again stays), the same
+    /// way after a snapshot is restored; a forgotten client's repeat is applied anew.
+    @Test func theLeastRecentlyUsedClientIsForgottenFirst() throws {
+        var pd = Applier()
+        var request = Elasticstream_V1_CreateStreamRequest()
+        request.stream.replicaCount = 1
+        request.stream.ackCount = 1
+        func call(_ client: UInt64) -> UInt64 {
+            pd.index += 1
+            guard case .stream(let stream, _) = pd.machine.apply(
+                try! PDCommand(.createStream, now: pd.now, request: request, clientID: client, sequence: 1),
+                at: pd.index) else { return 0 }
+            return stream.streamID
+        }
+        let firstOfOne = call(1)
+        let firstOfTwo = call(2)
+        for client in UInt64(3)...10_000 { _ = call(client) }
+        #expect(call(1) == firstOfOne, "a remembered repeat is answered from memory")
+        // Client 1 was just used again: client 2 is now the oldest, and goes first.
+        _ = call(10_001)
+        #expect(pd.machine.sessionCount == 10_000)
+        pd.machine = try PDStateMachine(settings: .init(heartbeatTimeoutMilliseconds: 5_000),
+                                        restoring: try pd.machine.snapshot())
+        #expect(call(1) == firstOfOne, "client 1 was forgotten instead of client 2")
+        let again = call(2)
+        #expect(again != firstOfTwo && again != 0, "client 2's repeat was answered from memory after eviction")
+        #expect(pd.machine.sessionCount == 10_000)
+    }
+
     /// Trimming past every sealed range keeps the last one: the next range still follows it (indexes are never
     /// reused, so a range server never sees an old range key again).
     @Test func trimmingEverythingKeepsRangeIndexesGoingUp() throws {
