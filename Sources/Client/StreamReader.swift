@@ -98,6 +98,7 @@ final class StreamReader {
             guard !servers.isEmpty else { throw .unavailable("range \(range.index) of stream \(streamID) has no replicas") }
             let first = preferred[range.index] ?? 0
             var sawEmpty = false
+            var missingOpen = 0
             var retry = false
             replicas: for attempt in 0..<servers.count {
                 let which = (first + attempt) % servers.count
@@ -150,10 +151,23 @@ final class StreamReader {
                     if case .refused(let code, _) = error, code == .offsetOutOfRange {
                         throw .offsetOutOfRange("offset \(offset) of stream \(streamID) was trimmed")
                     }
+                    if case .refused(.rangeNotFound, _) = error, !range.sealed { missingOpen += 1 }
                     preferred[range.index] = (which + 1) % servers.count
                 }
             }
             if retry { continue }
+            if missingOpen > 0 && !range.sealed {
+                // No reachable replica holds a record of this open range (those without it never got it: its writer
+                // died before creating it there). Nothing in it can be acknowledged: it is the stream's end for now,
+                // until a writer or the servers seal it.
+                if !refreshed {
+                    try await refresh(from: offset)
+                    refreshed = true
+                    if self.range(containing: offset)?.sealed != false { continue }
+                }
+                if wait > .zero { try? await client.context.sleep(for: min(wait, .milliseconds(100))) }
+                return []
+            }
             if sawEmpty { lastError = .unavailable("no replica of range \(range.index) has offset \(offset) yet") }
             // Every replica failed: the range may have moved on (sealed, new range); look again shortly.
             refreshed = false

@@ -129,6 +129,39 @@ func verify(_ records: [ReadRecord], against log: AckLog) -> [String] {
         if case .fenced = late {} else { Issue.record("the silent writer was not fenced: \(String(describing: late))") }
     }
 
+    /// A writer that died after the placement driver recorded its new range but before any replica created it
+    /// leaves an open range no replica holds. Readers read every record before it and then see the stream's end
+    /// (nothing in that range can have been acknowledged), not an error.
+    @Test func anOpenRangeNoReplicaHoldsIsTheStreamsEnd() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1)
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let (all, atEnd) = try await withClient(reactor, cluster) { box -> (Int, Int) in
+            let client = box.value
+            try await waitForServers(client, 1)
+            let stream = try await client.createStream(replicas: 1, ackCount: 1).streamID
+            let writer = try await client.openStream(stream)
+            for n in 0..<10 { _ = try await writer.append([record(n)]) }
+            await writer.close()
+            // A new writer's first steps, on the placement driver only: a new epoch, and the next range recorded.
+            var open = Elasticstream_V1_OpenStreamRequest()
+            open.streamID = stream
+            let opened = try await client.pd.call(.openStream, open, as: Elasticstream_V1_OpenStreamResponse.self)
+            var create = Elasticstream_V1_CreateRangeRequest()
+            create.range.streamID = stream
+            create.range.index = opened.ranges.last!.index + 1
+            create.range.startOffset = 10
+            create.epoch = opened.stream.epoch
+            _ = try await client.pd.call(.pdCreateRange, create, as: Elasticstream_V1_CreateRangeResponse.self)
+            let all = try await readAll(client, stream, to: .max).count
+            let atEnd = try await client.read(stream: stream, from: 10).count
+            return (all, atEnd)
+        }
+        #expect(all == 10 && atEnd == 0)
+    }
+
     /// Short writers (each opens the stream, appends, closes: a new range each) write while two of the three nodes
     /// are killed with SIGKILL at once and restarted 3 s later; then all three are killed and restarted. Every
     /// acknowledged record reads back exactly once, in order, byte for byte, from the ranges written before, during
