@@ -75,10 +75,14 @@ final class WriterLeases {
         let range: Elasticstream_V1_Range
         do {
             let page = try await pd.call(.listRanges, list, as: Elasticstream_V1_ListRangesResponse.self)
-            // Trimmed away or unknown: reconciliation decides what to do with the replica.
-            guard let first = page.ranges.first, first.index == key.index else { return }
+            // Trimmed away or unknown: reconciliation decides what to do with the replica; look again a lease later.
+            guard let first = page.ranges.first, first.index == key.index else {
+                await postpone(key)
+                return
+            }
             range = first
         } catch {
+            await postpone(key)
             return
         }
         if range.sealed {
@@ -175,6 +179,16 @@ final class WriterLeases {
         logger.info("sealed a range whose writer is gone", metadata: [
             "range": "\(key)", "end": "\(sealedRange.endOffset)", "ends": "\(ends)",
         ])
+    }
+
+    /// Counts the writer of `key` as heard now, so the range is looked at again only a lease later.
+    private func postpone(_ key: RangeKey) async {
+        let index = owner(of: key)
+        let services = services
+        _ = try? await reactor.submit(to: index) {
+            let service = services[index].value
+            if service.lastHeard[key] != nil { service.lastHeard[key] = service.context.now }
+        }
     }
 
     static func address(of server: Elasticstream_V1_RangeServer, for key: RangeKey) -> String? {
