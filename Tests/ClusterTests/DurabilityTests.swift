@@ -129,6 +129,48 @@ func verify(_ records: [ReadRecord], against log: AckLog) -> [String] {
         if case .fenced = late {} else { Issue.record("the silent writer was not fenced: \(String(describing: late))") }
     }
 
+    /// A tail keeps up across a range whose writer went silent (sealed by the servers) into the next writer's range:
+    /// it yields every acknowledged record, in order, once.
+    @Test func aTailFollowsPastARangeWhoseWriterIsGone() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(writerLease: "2s")
+        try cluster.startAll()
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        var configuration = ClientConfiguration()
+        configuration.keepaliveInterval = .seconds(3600)
+        let tailed = try await withClient(reactor, cluster, configuration: configuration) { box -> [UInt64] in
+            let client = box.value
+            try await waitForServers(client, 3)
+            let stream = try await client.createStream(replicas: 3, ackCount: 2).streamID
+            let tail = client.context.spawn { () -> [UInt64] in
+                var seen: [UInt64] = []
+                for try await record in box.value.tail(stream: stream, from: 0) {
+                    #expect(number(record.record) == Int(record.offset))
+                    seen.append(record.offset)
+                    if seen.count == 20 { break }
+                }
+                return seen
+            }
+            let silent = try await client.openStream(stream)
+            for n in 0..<10 { _ = try await silent.append([record(n)]) }
+            // The first writer goes silent; once the servers sealed its range, a second writer goes on.
+            let index = silent.ranges.last!.index
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline,
+                  try await client.ranges(of: stream).first(where: { $0.index == index })?.sealed != true {
+                try await client.context.sleep(for: .milliseconds(200))
+            }
+            let next = try await client.openStream(stream)
+            for n in 10..<20 { _ = try await next.append([record(n)]) }
+            let seen = try await tail.value
+            await next.close()
+            withExtendedLifetime(silent) {}
+            return seen
+        }
+        #expect(tailed == (0..<20).map { UInt64($0) }, "the tail saw \(tailed)")
+    }
+
     /// A writer that died after the placement driver recorded its new range but before any replica created it
     /// leaves an open range no replica holds. Readers read every record before it and then see the stream's end
     /// (nothing in that range can have been acknowledged), not an error.
