@@ -460,7 +460,14 @@ public struct PDStateMachine: Sendable {
         var page: [RangeRecord] = []
         let limit = max(1, limit)
         for stream in ranges.keys.sorted() where stream >= startStream && streams[stream]?.deleted != true {
-            for range in ranges[stream]! where stream > startStream || range.index >= startIndex {
+            let list = ranges[stream]!
+            // Within the first stream, start at `startIndex` directly (by index arithmetic, not a scan).
+            var from = 0
+            if stream == startStream, let first = list.first?.index, startIndex > first {
+                from = Int(startIndex - first)
+            }
+            guard from < list.count else { continue }
+            for range in list[from...] {
                 guard range.servers.contains(where: { $0.serverID == id }) else { continue }
                 if page.count == limit { return (page, true) }
                 page.append(range)
