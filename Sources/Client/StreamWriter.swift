@@ -32,6 +32,8 @@ public final class StreamWriter {
     private var noticeScheduled = false
     /// When an append (or a notice) last went to the replicas.
     private var lastSent: Instant
+    /// The keepalive task, cancelled when the writer closes or stops (a sleeping task would hold a reactor's drain).
+    private var keepalive: Task<Void, Error>?
     /// The offset the next append gets.
     public private(set) var nextOffset: UInt64 = 0
     /// Every record below is confirmed by `ackCount` replicas (and acknowledged to its caller).
@@ -292,6 +294,8 @@ public final class StreamWriter {
             var successes = 0
             var graceOver = false
             var continuation: UnsafeContinuation<[Result<Frame, CallError>], Never>?
+            /// The grace timer, cancelled once the answers are in (a sleeping timer would hold a reactor's drain).
+            var timer: Task<Void, Error>?
             let enough: Int
             let addresses: [String]
             init(_ addresses: [String], enough: Int) {
@@ -303,13 +307,15 @@ public final class StreamWriter {
             func finishIfDone() {
                 guard let continuation, remaining == 0 || (graceOver && successes >= enough) else { return }
                 self.continuation = nil
+                timer?.cancel()
+                timer = nil
                 continuation.resume(returning: results.enumerated().map { $1 ?? .failure(.timedOut(address: addresses[$0])) })
             }
         }
         let gather = Gather(addresses, enough: enough)
         let grace = configuration.replicaSetupTimeout
         let bound = ShardBound((gather, context))
-        context.spawn {
+        gather.timer = context.spawn {
             let (gather, context) = bound.value
             try? await context.sleep(for: grace)
             gather.graceOver = true
@@ -499,11 +505,11 @@ public final class StreamWriter {
         }
         let bound = ShardBound((Weak(self), context))
         let interval = configuration.keepaliveInterval
-        context.spawn {
+        keepalive = context.spawn {
             let (weak, context) = bound.value
-            while true {
+            while !Task.isCancelled {
                 try? await context.sleep(for: interval)
-                guard let writer = weak.writer, !writer.closed, writer.fatal == nil else { return }
+                guard !Task.isCancelled, let writer = weak.writer, !writer.closed, writer.fatal == nil else { return }
                 if writer.context.now - writer.lastSent >= interval { writer.sendNotice(keepalive: true) }
             }
         }
@@ -571,6 +577,7 @@ public final class StreamWriter {
     /// Fails every append in flight and every later one with `error`.
     private func fail(_ error: ClientError) {
         if fatal == nil { fatal = error }
+        keepalive?.cancel()
         logger.error("the writer stopped", metadata: ["stream": "\(streamID)", "error": "\(error)"])
         let pending = entries[head...]
         entries = []
@@ -612,6 +619,7 @@ public final class StreamWriter {
             try? await context.sleep(for: .milliseconds(1))
         }
         closed = true
+        keepalive?.cancel()
         if head < entries.count {
             fail(.closed)
         } else if fatal == nil, let last = ranges.last, !last.sealed {
@@ -629,6 +637,7 @@ public final class StreamWriter {
         request.epoch = epoch
         stream = try await client.call(.deleteStream, request, as: Elasticstream_V1_DeleteStreamResponse.self).stream
         closed = true
+        keepalive?.cancel()
         if head < entries.count { fail(.closed) }
     }
 }
