@@ -448,7 +448,7 @@ public struct PDStateMachine: Sendable {
             from = max(from, low)
         }
         guard from < list.count else { return ([], false) }
-        let end = min(list.count, from + max(1, limit))
+        let end = from + min(list.count - from, max(1, limit))
         return (Array(list[from..<end]), end < list.count)
     }
 

@@ -40,7 +40,7 @@ final class ShardService {
     /// Appended bytes since the last heartbeat (the load the server reports).
     var appendedBytes: UInt64 = 0
     /// When the writer of each open range was last heard (an APPEND, with or without records): a range whose
-    /// writer is silent past `writer_lease` is sealed by the server (`LeaseKeeper`). In memory: a restart gives
+    /// writer is silent past `writer_lease` is sealed by the server (`WriterLeases`). In memory: a restart gives
     /// every writer a whole lease again.
     var lastHeard: [RangeKey: Instant] = [:]
     /// Epochs that fenced ranges here (on disk).

@@ -242,6 +242,7 @@ public nonisolated struct Elasticstream_V1_OpenStreamResponse: Sendable {
   /// Clears the value of `stream`. Subsequent reads from it will return its default value.
   public mutating func clearStream() {self._stream = nil}
 
+  /// The stream's last range only (none for a stream without ranges); LIST_RANGES pages through the others.
   public var ranges: [Elasticstream_V1_Range] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
