@@ -68,7 +68,7 @@ let package = Package(
         // Frames, operation codes, error codes and the protobuf headers of every message.
         .target(
             name: "Wire",
-            dependencies: ["CSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: ["CSupport", "Records", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Proto"],
             swiftSettings: swiftSettings
         ),

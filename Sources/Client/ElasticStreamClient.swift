@@ -51,10 +51,38 @@ public final class ElasticStreamClient {
         _ operation: OperationCode, _ request: some SwiftProtobuf.Message, as type: Response.Type = Response.self
     ) async throws(ClientError) -> Response {
         guard !closed else { throw .closed }
+        let response: Response
         do {
-            return try await pd.call(operation, request, as: type)
+            response = try await pd.call(operation, request, as: type)
         } catch {
             throw .from(error)
+        }
+        do {
+            try Self.check(response)
+        } catch {
+            throw .placementDriver(PDError(.dataCorrupted, "\(operation) answered out-of-range numbers: \(error)"))
+        }
+        return response
+    }
+
+    /// The placement driver's numbers are checked like any peer's before the writer and readers compute with them.
+    static func check(_ response: some SwiftProtobuf.Message) throws(FieldError) {
+        func stream(_ record: StreamRecord) throws(FieldError) {
+            try FieldError.offset(record.startOffset, "stream.start_offset")
+        }
+        func ranges(_ list: [RangeRecord]) throws(FieldError) {
+            for (i, range) in list.enumerated() { try range.validate("ranges[\(i)]") }
+        }
+        switch response {
+        case let answer as Elasticstream_V1_OpenStreamResponse:
+            try stream(answer.stream)
+            try ranges(answer.ranges)
+        case let answer as Elasticstream_V1_ListRangesResponse: try ranges(answer.ranges)
+        case let answer as Elasticstream_V1_CreateRangeResponse: try answer.range.validate()
+        case let answer as Elasticstream_V1_SealRangeResponse: try answer.range.validate()
+        case let answer as Elasticstream_V1_DescribeStreamResponse: try stream(answer.stream)
+        case let answer as Elasticstream_V1_CreateStreamResponse: try stream(answer.stream)
+        default: break
         }
     }
 

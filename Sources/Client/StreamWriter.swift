@@ -359,6 +359,10 @@ public final class StreamWriter {
         if let fatal { throw fatal }
         guard !closed else { throw .closed }
         let base = nextOffset
+        guard UInt64(records.count) <= WireBounds.maxOffset - min(base, WireBounds.maxOffset) else {
+            throw .invalidArgument("the stream is at offset \(base): \(records.count) more records would pass the "
+                                   + "largest offset \(WireBounds.maxOffset)")
+        }
         let batch = RecordBatch(streamID: streamID, rangeIndex: ranges.last?.index ?? 0, baseOffset: base,
                                 baseTimestamp: records.lazy.map(\.timestamp).min() ?? 0, records: records)
         let bytes: [UInt8]
@@ -415,7 +419,7 @@ public final class StreamWriter {
         switch result {
         case .success(let frame):
             if let response = try? frame.header(as: Elasticstream_V1_AppendResponse.self) {
-                replica.confirmed = max(replica.confirmed, response.confirmedOffset)
+                replica.confirmed = max(replica.confirmed, min(response.confirmedOffset, nextOffset))
             }
             advance()
         case .failure(.refused(.epochFenced, let message)):

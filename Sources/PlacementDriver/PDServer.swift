@@ -153,6 +153,8 @@ public final class PDServer {
                 }
                 let command = PDCommand(operation: operation, now: now(), request: Array(frame.header),
                                         clientID: client, sequence: sequence)
+                // Checked before it enters the log (and again when applied).
+                try command.validate()
                 let result = try await member.propose(command)
                 return try response(to: frame, operation, result)
             case .describeStream:

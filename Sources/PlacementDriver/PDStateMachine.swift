@@ -122,6 +122,9 @@ public struct PDStateMachine: Sendable {
     public var sessionCount: Int { sessions.count }
 
     private mutating func applyThrowing(_ command: PDCommand) throws -> PDResult {
+        // Total: every number is checked before it is used (`PDCommand.validate`); what the checks let through
+        // cannot trap below.
+        try command.validate()
         let now = command.nowMilliseconds
         let bytes = command.request
         switch command.operation {
@@ -180,6 +183,7 @@ public struct PDStateMachine: Sendable {
         guard acks >= 1, acks <= replicas else {
             throw PDError(.invalidArgument, "ack_count \(acks) must be between 1 and replica_count \(replicas)")
         }
+        guard nextID[.stream]! <= WireBounds.maxID else { throw PDError(.invalidArgument, "stream ids are exhausted") }
         var stream = StreamRecord()
         stream.streamID = nextID[.stream]!
         nextID[.stream]! += 1
@@ -210,8 +214,13 @@ public struct PDStateMachine: Sendable {
 
     private mutating func openStream(_ id: UInt64, epoch: UInt64) throws -> PDResult {
         var stream = try liveStream(id)
-        // A new writer takes the stream: the epoch goes up, and every request with an older one is refused.
-        stream.epoch = max(stream.epoch, epoch) + 1
+        // A new writer takes the stream: the epoch goes up, and every request with an older one is refused. (A stream
+        // whose epoch an older build let reach the bound stays readable, but takes no new writer.)
+        let current = max(stream.epoch, epoch)
+        guard current < WireBounds.maxEpoch else {
+            throw PDError(.invalidArgument, "stream \(id) is at epoch \(current), the largest there is: it takes no new writer")
+        }
+        stream.epoch = current + 1
         streams[id] = stream
         record(.watchModified) { $0.stream = stream }
         // Only the last range: the new writer seals it (if open) and starts the next. A stream may have hundreds of
@@ -266,6 +275,9 @@ public struct PDStateMachine: Sendable {
         let stream = try fencedStream(requested.streamID, epoch: epoch)
         let existing = ranges[stream.streamID] ?? []
         let previous = existing.last
+        if let previous, previous.index >= WireBounds.maxRangeIndex {
+            throw PDError(.invalidArgument, "stream \(stream.streamID) has used every range index")
+        }
         let expectedIndex = previous.map { $0.index + 1 } ?? 0
         guard requested.index == expectedIndex else {
             throw PDError(.invalidArgument, "stream \(stream.streamID)'s next range is \(expectedIndex), not \(requested.index)")
@@ -350,6 +362,9 @@ public struct PDStateMachine: Sendable {
         if server.serverID == 0 {
             server.serverID = nextID[.rangeServer]!
         }
+        guard server.serverID <= WireBounds.maxID else {
+            throw PDError(.invalidArgument, "range server ids are exhausted")
+        }
         nextID[.rangeServer] = max(nextID[.rangeServer]!, server.serverID + 1)
         server.state = .serverOnline
         server.lastHeartbeatMs = now
@@ -375,7 +390,11 @@ public struct PDStateMachine: Sendable {
     private mutating func allocate(_ kind: Elasticstream_V1_IdKind, count: UInt32) throws -> PDResult {
         guard let first = nextID[kind] else { throw PDError(.invalidArgument, "no id kind \(kind)") }
         guard count >= 1, count <= 1 << 20 else { throw PDError(.invalidArgument, "count \(count) out of 1...\(1 << 20)") }
-        nextID[kind] = first + UInt64(count)
+        let (next, overflow) = first.addingReportingOverflow(UInt64(count))
+        guard !overflow, next - 1 <= WireBounds.maxID else {
+            throw PDError(.invalidArgument, "ids of kind \(kind) are exhausted: \(count) from \(first)")
+        }
+        nextID[kind] = next
         return .firstID(first)
     }
 

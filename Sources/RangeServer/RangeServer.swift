@@ -251,6 +251,14 @@ final class Registrar {
         request.limit = UInt32(Self.reconcilePage)
         while !stopped {
             let page = try await pd.call(.listRanges, request, as: Elasticstream_V1_ListRangesResponse.self)
+            // The placement driver's numbers are checked like any peer's before they are used.
+            for (i, range) in page.ranges.enumerated() {
+                do {
+                    try range.validate("ranges[\(i)]")
+                } catch {
+                    throw PDError(.dataCorrupted, "the placement driver listed a bad range: \(error)")
+                }
+            }
             for range in page.ranges { listedKeys.insert(RangeKey(streamID: range.streamID, index: range.index)) }
             for index in 0..<count {
                 let mine = page.ranges.filter {

@@ -207,6 +207,8 @@ final class ShardService {
             }
         } catch let refusal as Refusal {
             return Frame(errorTo: frame, status: Self.status(refusal.code, refusal.message))
+        } catch let error as FieldError {
+            return Frame(errorTo: frame, status: Self.status(.invalidArgument, "\(operation): \(error)"))
         } catch let error as StoreError {
             return Frame(errorTo: frame, status: Self.status(Self.code(of: error), "\(error)"))
         } catch {
@@ -238,6 +240,7 @@ final class ShardService {
     private func append(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_AppendRequest.self)
         let key = RangeKey(streamID: request.streamID, index: request.rangeIndex)
+        try FieldError.offset(request.acknowledgedOffset, "acknowledged_offset")
         try checkEpoch(request.epoch, of: key)
         guard store.describe(key) != nil else { throw Refusal(.rangeNotFound, "no replica of \(key) here") }
         lastHeard[key] = context.now
@@ -308,6 +311,7 @@ final class ShardService {
                 throw Refusal(.checksumMismatch, "record batch at byte \(position): stored checksum "
                               + "\(String(stored, radix: 16)), computed \(String(computed, radix: 16))")
             }
+            if case .outOfRange = error { throw Refusal(.invalidArgument, "record batch at byte \(position): \(error)") }
             throw Refusal(.badRequest, "record batch at byte \(position): \(error)")
         }
         guard view.streamID == key.streamID, view.rangeIndex == key.index else {
@@ -320,6 +324,8 @@ final class ShardService {
     private func fetch(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_FetchRequest.self)
         let key = RangeKey(streamID: request.streamID, index: request.rangeIndex)
+        try FieldError.offset(request.startOffset, "start_offset")
+        try FieldError.offset(request.endOffset, "end_offset")
         guard var description = store.describe(key) else { throw Refusal(.rangeNotFound, "no replica of \(key) here") }
         guard request.startOffset >= description.start else {
             throw Refusal(.offsetOutOfRange, "\(key) starts at \(description.start) here, after \(request.startOffset)")
@@ -374,6 +380,7 @@ final class ShardService {
 
     private func createRange(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_CreateRangeRequest.self)
+        try request.range.validate()
         let key = RangeKey(streamID: request.range.streamID, index: request.range.index)
         try checkEpoch(request.epoch, of: key)
         do {
@@ -389,6 +396,7 @@ final class ShardService {
 
     private func sealRange(_ frame: Frame) async throws -> Frame {
         let request = try frame.header(as: Elasticstream_V1_SealRangeRequest.self)
+        try request.range.validate()
         let key = RangeKey(streamID: request.range.streamID, index: request.range.index)
         var range = request.range
         if request.range.sealed {

@@ -130,6 +130,18 @@ public struct RecordBatchView {
             throw .limitExceeded(what: "record count", value: count, limit: limits.maxRecordsPerBatch,
                                  offset: BatchLayout.recordCount)
         }
+        // Offsets and timestamps are sums (base plus count, base plus delta): each must fit.
+        let base: UInt64 = b.le(BatchLayout.baseOffset)
+        guard base <= RecordLimits.maxOffset, UInt64(count) <= RecordLimits.maxOffset - base else {
+            throw .outOfRange(what: "base offset \(base) plus \(count) records passes the largest offset "
+                              + "\(RecordLimits.maxOffset)", offset: BatchLayout.baseOffset)
+        }
+        let baseTimestamp: Int64 = b.le(BatchLayout.baseTimestamp)
+        let storedDelta = Int64(b.le(BatchLayout.maxTimestampDelta, as: UInt32.self))
+        guard !baseTimestamp.addingReportingOverflow(storedDelta).overflow else {
+            throw .outOfRange(what: "base timestamp \(baseTimestamp) plus max timestamp delta \(storedDelta) "
+                              + "passes Int64.max", offset: BatchLayout.baseTimestamp)
+        }
         let propertyCount = Int(b.le(BatchLayout.propertyCount, as: UInt16.self))
         let propertiesLength = Int(b.le(BatchLayout.propertiesLength, as: UInt32.self))
         guard propertiesLength <= b.count - BatchLayout.size else {
@@ -180,7 +192,6 @@ public struct RecordBatchView {
         guard position == b.count else {
             throw .malformed(what: "\(b.count - position) bytes after the last record", offset: position)
         }
-        let storedDelta = Int64(b.le(BatchLayout.maxTimestampDelta, as: UInt32.self))
         guard storedDelta == maxDelta else {
             throw .malformed(what: "max timestamp delta \(storedDelta), records say \(maxDelta)",
                              offset: BatchLayout.maxTimestampDelta)

@@ -13,6 +13,9 @@ public enum RecordError: Error, Sendable, Hashable, CustomStringConvertible {
     case malformed(what: String, offset: Int)
     /// The builder's buffer cannot hold the next record.
     case bufferTooSmall(needed: Int, available: Int)
+    /// A number whose sum with another would leave what the format can express (an end offset past 2^63 - 1, a
+    /// timestamp past Int64.max).
+    case outOfRange(what: String, offset: Int)
 
     public var description: String {
         switch self {
@@ -27,6 +30,7 @@ public enum RecordError: Error, Sendable, Hashable, CustomStringConvertible {
         case .limitExceeded(let what, let value, let limit, let offset):
             return "record batch \(what) is \(value), over the limit of \(limit) (byte \(offset))"
         case .malformed(let what, let offset): return "record batch malformed: \(what) at byte \(offset)"
+        case .outOfRange(let what, let offset): return "record batch out of range: \(what) at byte \(offset)"
         case .bufferTooSmall(let needed, let available):
             return "record batch buffer too small: \(needed) bytes needed, \(available) available"
         }

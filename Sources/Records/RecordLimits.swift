@@ -32,6 +32,10 @@ public struct RecordLimits: Sendable, Hashable {
 
     public static let `default` = RecordLimits()
 
+    /// The largest offset of the format: a batch's end offset (base offset plus record count) is at most 2^63 - 1, so
+    /// that offsets fit a signed 64-bit integer and no sum of an offset and a count wraps.
+    public static let maxOffset: UInt64 = UInt64(Int64.max)
+
     /// What the format itself can express; no configuration may exceed it.
     public static let hardMax = RecordLimits(
         maxBatchBytes: 64 << 20, maxRecordsPerBatch: 1 << 20, maxHeadersPerRecord: Int(UInt16.max),

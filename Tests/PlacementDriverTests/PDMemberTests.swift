@@ -154,4 +154,45 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
             #expect(!reread[valid..<min(valid + 34, reread.count)].elementsEqual([0x40, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 30)))
         }
     }
+
+    /// Entries an older build let into the log (an OPEN_STREAM whose epoch would overflow, a registration whose id
+    /// would) are proposed here straight to the member, past the server's checks. Applying them answers an error;
+    /// the member keeps serving, and a restart that replays them comes up with the same state.
+    @Test func aCommittedEntryThatWouldOverflowNeverStopsTheMember() async throws {
+        try await withTemporaryDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            let (before, answers) = try await reactor.run(on: 0) { context -> ([UInt8], [ErrorCode]) in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                let stream = try await box.createStream()
+                var answers: [ErrorCode] = []
+                for epoch in [UInt64.max, UInt64.max - 1] {
+                    var open = Elasticstream_V1_OpenStreamRequest()
+                    open.streamID = stream
+                    open.epoch = epoch
+                    answers.append(code(try await box.run(.openStream, open)))
+                }
+                var register = Elasticstream_V1_RegisterRangeServerRequest()
+                register.server.serverID = UInt64.max
+                register.server.shardAddresses = ["127.0.0.1:1"]
+                answers.append(code(try await box.run(.registerRangeServer, register)))
+                // Still serving.
+                _ = try await box.createStream()
+                let snapshot = try box.member.state.snapshot()
+                await box.member.stop()
+                return (snapshot, answers)
+            }
+            #expect(answers == [.invalidArgument, .invalidArgument, .invalidArgument])
+            let after = try await reactor.run(on: 0) { context -> [UInt8] in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                _ = try await box.member.read { $0.streams.count }
+                let snapshot = try box.member.state.snapshot()
+                await box.member.stop()
+                return snapshot
+            }
+            #expect(after == before, "the replayed log gave a different state")
+        }
+    }
 }

@@ -404,3 +404,77 @@ func code(_ result: PDResult) -> ErrorCode {
         #expect(listed == 3 * 100_000, "\(listed) replicas listed of 300,000")
     }
 }
+
+/// Commands whose numbers would overflow are refused with INVALID_ARGUMENT naming the field, by the state machine
+/// itself: applying a committed entry never traps, whatever a client put in it.
+@Suite struct PDStateMachineBoundsTests {
+    @Test func overflowingCommandsAreRefusedByName() throws {
+        var pd = Applier()
+        for id in 1...3 { _ = try pd.register(UInt64(id)) }
+        let stream = try pd.createStream()
+        for epoch in [UInt64.max, UInt64.max - 1, WireBounds.maxEpoch] {
+            let result = try pd.open(stream.streamID, epoch: epoch)
+            guard case .failed(let error) = result else {
+                Issue.record("epoch \(epoch) was accepted: \(result)")
+                continue
+            }
+            #expect(error.code == .invalidArgument)
+            #expect(error.message.contains("epoch"), "\(error.message)")
+        }
+        // The largest epoch a request may carry still works: the stream's epoch becomes the bound itself.
+        guard case .stream(let opened, _) = try pd.open(stream.streamID, epoch: WireBounds.maxEpoch - 1) else {
+            Issue.record("the largest allowed epoch was refused")
+            return
+        }
+        #expect(opened.epoch == WireBounds.maxEpoch)
+        // Now no writer can take it, and that is an answer, not a trap.
+        #expect(code(try pd.open(stream.streamID)) == .invalidArgument)
+
+        var register = Elasticstream_V1_RegisterRangeServerRequest()
+        register.server.serverID = UInt64.max
+        register.server.shardAddresses = ["127.0.0.1:1"]
+        #expect(code(try pd.run(.registerRangeServer, register)) == .invalidArgument)
+        register.server.serverID = 9
+        register.server.shardAddresses = ["no port here"]
+        #expect(code(try pd.run(.registerRangeServer, register)) == .invalidArgument)
+
+        let other = try pd.createStream()
+        guard case .stream(let writer, _) = try pd.open(other.streamID) else { throw PDError(.unknown, "open") }
+        #expect(code(try pd.createRange(other.streamID, index: 0, start: UInt64.max, epoch: writer.epoch)) == .invalidArgument)
+        #expect(code(try pd.createRange(other.streamID, index: UInt32.max, start: 0, epoch: writer.epoch)) == .invalidArgument)
+        #expect(code(try pd.createRange(other.streamID, index: 0, start: 0, epoch: writer.epoch)) == .ok)
+        #expect(code(try pd.seal(other.streamID, index: 0, end: UInt64.max, epoch: writer.epoch)) == .invalidArgument)
+        var trim = Elasticstream_V1_TrimStreamRequest()
+        trim.streamID = other.streamID
+        trim.epoch = writer.epoch
+        trim.startOffset = UInt64.max
+        #expect(code(try pd.run(.trimStream, trim)) == .invalidArgument)
+        var create = Elasticstream_V1_CreateStreamRequest()
+        create.stream.retentionMs = UInt64.max
+        #expect(code(try pd.run(.createStream, create)) == .invalidArgument)
+        // Undecodable bytes are a refusal too.
+        pd.index += 1
+        let garbage = pd.machine.apply(PDCommand(operation: .openStream, now: pd.now, request: [0xFF, 0xFF, 0xFF]),
+                                       at: pd.index)
+        #expect(code(garbage) == .badRequest)
+    }
+
+    @Test func idsRunOutWithAnAnswerNotATrap() throws {
+        var pd = Applier()
+        var largest = Elasticstream_V1_RegisterRangeServerRequest()
+        largest.server.serverID = WireBounds.maxID
+        largest.server.shardAddresses = ["127.0.0.1:1"]
+        guard case .serverID(let id) = try pd.run(.registerRangeServer, largest) else {
+            Issue.record("the largest server id was refused")
+            return
+        }
+        #expect(id == WireBounds.maxID)
+        var allocate = Elasticstream_V1_AllocateIdRequest()
+        allocate.kind = .rangeServer
+        allocate.count = 1
+        #expect(code(try pd.run(.allocateID, allocate)) == .invalidArgument)
+        var register = Elasticstream_V1_RegisterRangeServerRequest()
+        register.server.shardAddresses = ["127.0.0.1:1"]
+        #expect(code(try pd.run(.registerRangeServer, register)) == .invalidArgument)
+    }
+}

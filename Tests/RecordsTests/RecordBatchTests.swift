@@ -203,3 +203,50 @@ func validationError(_ bytes: [UInt8], limits: RecordLimits = .default) -> Recor
         }
     }
 }
+
+/// Offsets and timestamps are sums; a batch whose sums would leave what the format expresses is refused by name.
+@Suite struct RecordBatchBoundsTests {
+    func outcome(base: UInt64, count: Int, timestamp: Int64 = 0, spread: Int64 = 0) -> RecordError? {
+        let records = (0..<count).map { i in Record(timestamp: timestamp + (i == count - 1 ? spread : 0), value: [1]) }
+        let bytes = try! RecordBatch(streamID: 1, rangeIndex: 0, baseOffset: base, baseTimestamp: timestamp,
+                                     records: records).encoded()
+        return bytes.withUnsafeBytes { raw -> RecordError? in
+            do {
+                _ = try RecordBatchView(validating: raw)
+                return nil
+            } catch let error as RecordError { return error } catch { return nil }
+        }
+    }
+
+    @Test func anEndOffsetPastTheLargestIsOutOfRange() {
+        let max = RecordLimits.maxOffset
+        #expect(outcome(base: max - 4, count: 4) == nil, "a batch may end exactly at the largest offset")
+        for base in [max - 3, max, max + 1, UInt64.max - 4, UInt64.max - 3, UInt64.max] {
+            guard case .outOfRange(let what, let offset)? = outcome(base: base, count: 4) else {
+                Issue.record("base offset \(base) was not refused as out of range")
+                continue
+            }
+            #expect(what.contains("base offset \(base)"), "\(what)")
+            #expect(offset == 40)
+        }
+    }
+
+    @Test func aTimestampPastInt64MaxIsOutOfRange() {
+        #expect(outcome(base: 0, count: 2, timestamp: Int64.max - 10, spread: 10) == nil)
+        // The builder writes the delta; the base is near the top, so base + delta wraps.
+        var bytes = try! RecordBatch(streamID: 1, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                     records: [Record(timestamp: 0, value: []), Record(timestamp: 100, value: [])]).encoded()
+        bytes.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: (Int64.max - 5).littleEndian, toByteOffset: 48, as: Int64.self)
+        }
+        RecordBatchView.setRangeIndex(0, in: &bytes)  // recomputes the checksum
+        let error = bytes.withUnsafeBytes { raw -> RecordError? in
+            do { _ = try RecordBatchView(validating: raw); return nil } catch let error as RecordError { return error } catch { return nil }
+        }
+        guard case .outOfRange(let what, _)? = error else {
+            Issue.record("a wrapping timestamp was not refused: \(String(describing: error))")
+            return
+        }
+        #expect(what.contains("timestamp"))
+    }
+}
