@@ -79,7 +79,8 @@ let package = Package(
         .target(name: "Raft", swiftSettings: swiftSettings),
         // Frames over the reactor's TCP: a connection with a bounded send queue, and a multiplexed request client.
         .target(name: "Transport",
-                dependencies: ["Reactor", "Platform", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                dependencies: ["Reactor", "Platform", "Wire", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         // The placement driver's replicated state machine (streams, ranges, servers, objects, ids) on Raft.
         .target(name: "PlacementDriver",

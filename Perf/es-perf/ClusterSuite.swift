@@ -248,7 +248,9 @@ final class NodeGroup: @unchecked Sendable {
         // Below Linux's ephemeral ports (32768 and up).
         let base = UInt16(22_000 + Int(getpid() % 400) * 12)
         pdPorts = (0..<nodes).map { base + 1 + UInt16($0) }
-        let members = (1...nodes).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1])\"" }.joined(separator: ", ")
+        // Peer (Raft) ports at base + 9, 10, 11.
+        let members = (1...nodes).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1]):\(base + 8 + UInt16($0))\"" }
+            .joined(separator: ", ")
         for node in 1...nodes {
             let path = "\(directory)/node-\(node).toml"
             try """

@@ -197,13 +197,15 @@ public final class StreamWriter {
     /// for one that does not answer). Best effort: readers read a sealed range below the placement driver's end
     /// whether or not a replica knows of the seal, a replica holding less repairs itself from the others, and a
     /// replica that missed it learns it from reconciliation, its lease check or a reader.
-    private func notifySeal(_ range: RangeRecord) async {
+    /// Tells the replicas a range is sealed; waits for `enough` of them to confirm (past the grace period), or for
+    /// every answer.
+    private func notifySeal(_ range: RangeRecord, enough: Int = 0) async {
         var request = Elasticstream_V1_SealRangeRequest()
         request.range = range
         request.epoch = epoch
         let header = (try? request.serializedBytes()) ?? []
         let addresses = range.servers.map { ElasticStreamClient.address(of: $0, for: range) ?? "" }
-        _ = await callAll(addresses, .sealRange, header, enough: 0)
+        _ = await callAll(addresses, .sealRange, header, enough: enough)
     }
 
     /// Creates range `index` at `start` on the placement driver and on its replicas; retries on other servers while
@@ -615,7 +617,9 @@ public final class StreamWriter {
     }
 
     /// Waits (at most `timeout`) for the appends in flight to be acknowledged, stops taking appends, and seals the
-    /// range being written at the acknowledged end (so the next writer has no open range to recover).
+    /// range being written at the acknowledged end, on the placement driver and then on its replicas (waiting for
+    /// ack_count of them, or for every answer): when it returns, a reader finds every acknowledged record, and the
+    /// next writer has no open range to recover.
     public func close(timeout: Duration = .seconds(10)) async {
         guard !closed else { return }
         let deadline = context.now + timeout
@@ -627,8 +631,10 @@ public final class StreamWriter {
         if head < entries.count {
             fail(.closed)
         } else if fatal == nil, let last = ranges.last, !last.sealed {
+            // Sealed on the placement driver, then on the replicas: close returns once ack_count of them hold the
+            // seal (or every one answered), so that a reader started now finds the range complete on a quorum.
             if let sealed = try? await sealAtPlacementDriver(last, at: acknowledgedEnd, until: context.now + .seconds(2)) {
-                await notifySeal(sealed)
+                await notifySeal(sealed, enough: Int(sealed.ackCount))
             }
         }
         wakeRoomWaiters()

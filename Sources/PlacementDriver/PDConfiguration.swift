@@ -1,6 +1,7 @@
 import Foundation
 import Raft
 import TOMLKit
+import Transport
 
 /// The `[pd]` table of a configuration file in `Config/`, read with TOMLKit (the whole file must be valid TOML).
 /// Durations are strings such as "50ms". Unknown keys and bad values are errors that name the file, the table, the
@@ -10,7 +11,8 @@ public struct PDConfiguration: Sendable, Hashable {
     public var memberID: NodeID = 1
     /// Where this member keeps its Raft log.
     public var dataDirectory = "/var/tmp/elastic-stream/pd"
-    /// Every member of a new group as "id=host:port", this one included. One member by default (the embedded
+    /// Every member of a new group as "id=host:port" or "id=host:port:peer_port" (the client port, and the port
+    /// Raft messages between members use: the client port plus 10000 when not given), this one included. One member by default (the embedded
     /// default: a single-member quorum).
     public var members: [MemberAddress] = [MemberAddress(id: 1, host: "127.0.0.1", port: 2380)]
     public var tick: Duration = .milliseconds(50)
@@ -19,6 +21,8 @@ public struct PDConfiguration: Sendable, Hashable {
     /// A range server silent for longer is not given new replicas.
     public var serverHeartbeatTimeout: Duration = .seconds(10)
     public var snapshotEvery: UInt64 = 100_000
+    /// Bounds and timeouts of the client port's connections (the same keys as [server]'s).
+    public var connectionLimits = ConnectionLimits()
 
     public init() {}
 
@@ -61,6 +65,7 @@ public struct PDConfiguration: Sendable, Hashable {
                 case "heartbeat_ticks": heartbeatTicks = try Self.integer(value, place, in: 1...10_000)
                 case "server_heartbeat_timeout": serverHeartbeatTimeout = try Self.duration(value, place)
                 case "snapshot_every": snapshotEvery = UInt64(try Self.integer(value, place, in: 10...100_000_000))
+                case _ where try Self.connectionKey(key, value, place, into: &connectionLimits): break
                 default: throw Invalid(description: "\(file): unknown key '\(key)' in [pd]")
                 }
             }
@@ -79,6 +84,23 @@ public struct PDConfiguration: Sendable, Hashable {
         guard ownAddress != nil else {
             throw Invalid(description: "\(file): [pd] member_id \(memberID) is not among members \(members.map(\.id))")
         }
+    }
+
+    /// Reads `key` into `limits` when it is one of the connection keys shared by [server] and [pd]; false when it is
+    /// not one of them.
+    public static func connectionKey(_ key: String, _ value: TOMLValueConvertible, _ place: String,
+                                     into limits: inout ConnectionLimits) throws(Invalid) -> Bool {
+        switch key {
+        case "max_connections": limits.maxConnections = try integer(value, place, in: 1...1_000_000)
+        case "max_buffered_bytes": limits.maxBufferedBytes = try integer(value, place, in: (1 << 20)...(1 << 40))
+        case "max_requests_per_connection": limits.maxRequestsPerConnection = try integer(value, place, in: 1...1_000_000)
+        case "max_bytes_per_connection":
+            limits.maxBytesPerConnection = try integer(value, place, in: (1 << 20)...(1 << 34))
+        case "idle_timeout": limits.idleTimeout = try duration(value, place)
+        case "frame_timeout": limits.frameTimeout = try duration(value, place)
+        default: return false
+        }
+        return true
     }
 
     /// Shared with the other tables of a configuration file.
@@ -101,11 +123,23 @@ public struct PDConfiguration: Sendable, Hashable {
     private static func member(_ item: String, _ place: String) throws(Invalid) -> MemberAddress {
         let parts = item.split(separator: "=")
         let address = parts.count == 2 ? parts[1].split(separator: ":") : []
-        guard parts.count == 2, let id = NodeID(parts[0]), id > 0, address.count == 2, let port = UInt16(address[1])
+        guard parts.count == 2, let id = NodeID(parts[0]), id > 0, address.count == 2 || address.count == 3,
+              let port = UInt16(address[1]), port > 0
         else {
-            throw Invalid(description: "\(place) holds '\(item)', not \"id=host:port\"")
+            throw Invalid(description: "\(place) holds '\(item)', not \"id=host:port\" or \"id=host:port:peer_port\"")
         }
-        return MemberAddress(id: id, host: String(address[0]), port: port)
+        var peerPort = MemberAddress.defaultPeerPort(for: port)
+        if address.count == 3 {
+            guard let explicit = UInt16(address[2]), explicit > 0 else {
+                throw Invalid(description: "\(place) holds '\(item)': peer_port is not a port")
+            }
+            peerPort = explicit
+        }
+        guard let peerPort, peerPort != port else {
+            throw Invalid(description: "\(place) holds '\(item)': give a peer port apart from the client port "
+                          + "(\"id=host:port:peer_port\")")
+        }
+        return MemberAddress(id: id, host: String(address[0]), port: port, peerPort: peerPort)
     }
 
     public static func duration(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> Duration {

@@ -7,119 +7,111 @@ import SwiftProtobuf
 import Transport
 import Wire
 
-/// An address of a member: where it listens for peers and clients.
+/// An address of a member: where it listens for clients, and for its peers' Raft messages.
 public struct MemberAddress: Sendable, Hashable, CustomStringConvertible {
     public var id: NodeID
     public var host: String
+    /// The client port: placement driver operations.
     public var port: UInt16
+    /// The peer port: RAFT_MESSAGE frames only.
+    public var peerPort: UInt16
 
-    public init(id: NodeID, host: String, port: UInt16) {
+    public init(id: NodeID, host: String, port: UInt16, peerPort: UInt16? = nil) {
         self.id = id
         self.host = host
         self.port = port
+        self.peerPort = peerPort ?? Self.defaultPeerPort(for: port) ?? 0
     }
 
+    /// The peer port of "id=host:port" without one: the client port plus 10000.
+    public static func defaultPeerPort(for port: UInt16) -> UInt16? {
+        port <= UInt16.max - 10_000 ? port + 10_000 : nil
+    }
+
+    /// The client address.
     public var description: String { "\(host):\(port)" }
+    public var peerAddress: String { "\(host):\(peerPort)" }
 }
 
-/// The network side of a placement driver member, on its shard: one listener for peers (RAFT_MESSAGE frames) and
-/// clients (the PD operations), and one outgoing connection per peer, reconnected with backoff. Raft messages to a
-/// peer that is down are dropped beyond a bound (Raft retries). Shard-bound.
+/// The network side of a placement driver member, on its shard: a client listener (the placement driver operations;
+/// RAFT_MESSAGE refused), a peer listener (RAFT_MESSAGE only; every other operation refused), and one outgoing
+/// connection per peer, reconnected with backoff. Raft messages to a peer that is down are dropped beyond a bound
+/// (Raft retries). Both listeners follow the connection policy of `FrameServer`. Shard-bound.
 public final class PDServer {
     public let member: PDMember
     public let members: [NodeID: MemberAddress]
     let context: ShardContext
     let listener: TCPListener
+    let peerListener: TCPListener
     let logger: Logger
     private var links: [NodeID: PeerLink] = [:]
-    private var connections: [ObjectIdentifier: FrameConnection] = [:]
+    private var clients: FrameServer?
+    private var peers: FrameServer?
     private var stopped = false
-    private var acceptTask: Task<Void, Error>?
-    /// Requests being served per connection at most (past it: TOO_MANY_REQUESTS).
-    public let maxInFlightPerConnection = 1024
 
-    private init(member: PDMember, members: [NodeID: MemberAddress], context: ShardContext, listener: TCPListener) {
+    private init(member: PDMember, members: [NodeID: MemberAddress], context: ShardContext, listener: TCPListener,
+                 peerListener: TCPListener) {
         self.member = member
         self.members = members
         self.context = context
         self.listener = listener
+        self.peerListener = peerListener
         var logger = Logger(label: "elastic-stream.pd.server")
         logger[metadataKey: "member"] = "\(member.id)"
         self.logger = logger
     }
 
-    /// Listens on this member's address and connects the member to its peers.
-    public static func start(member: PDMember, members: [NodeID: MemberAddress], on context: ShardContext)
-        throws(IOError) -> PDServer
+    /// Listens on this member's client and peer ports and connects the member to its peers.
+    public static func start(member: PDMember, members: [NodeID: MemberAddress], on context: ShardContext,
+                             limits: ConnectionLimits = ConnectionLimits()) throws(IOError) -> PDServer
     {
         guard let own = members[member.id] else {
             throw IOError(.listen, .invalidArgument("member \(member.id) has no address"))
         }
+        guard own.peerPort != 0, own.peerPort != own.port else {
+            throw IOError(.listen, .invalidArgument("member \(member.id) needs a peer port apart from its client port"))
+        }
         let listener = try context.listen(host: own.host, port: own.port)
-        let server = PDServer(member: member, members: members, context: context, listener: listener)
+        let peerListener = try context.listen(host: own.host, port: own.peerPort)
+        let server = PDServer(member: member, members: members, context: context, listener: listener,
+                              peerListener: peerListener)
         for (id, address) in members where id != member.id {
             server.links[id] = PeerLink(address: address, context: context)
         }
         let bound = ShardBound(server)
         member.send = { message in bound.value.links[message.to]?.send(message) }
-        server.acceptTask = context.spawn { await bound.value.acceptLoop() }
+        let clients = FrameServer(listener: listener, context: context, limits: limits, frameLimits: .default,
+                                  logger: server.logger) { frame in await bound.value.respond(to: frame) }
+        // Peers send snapshots in frames up to 1 GiB; memory is still taken only as their bytes arrive.
+        var peerLimits = limits
+        peerLimits.maxBufferedBytes = max(limits.maxBufferedBytes, 2 * PeerLink.limits.maxFrameBytes)
+        peerLimits.maxConnections = max(16, 4 * members.count)
+        let peers = FrameServer(listener: peerListener, context: context, limits: peerLimits,
+                                frameLimits: PeerLink.limits, logger: server.logger, inline: { frame in
+            guard frame.operation == .raftMessage else { return false }
+            if let message = frame.withPayload({ Raft.Message(decoding: $0) }) { bound.value.member.receive(message) }
+            return true
+        }) { frame in
+            Frame(errorTo: frame, status: PDError(.unsupportedOperation,
+                "the peer port takes only RAFT_MESSAGE; send placement driver operations to the client port").status)
+        }
+        server.clients = clients
+        server.peers = peers
+        clients.start()
+        peers.start()
         return server
     }
 
     public var port: UInt16 { listener.port }
 
+    public var peerPort: UInt16 { peerListener.port }
+
     public func stop() async {
         stopped = true
-        try? await listener.close()
-        acceptTask?.cancel()
+        await clients?.stop(drainTimeout: .milliseconds(200))
+        await peers?.stop(drainTimeout: .zero)
         for link in links.values { await link.stop() }
-        for connection in connections.values { await connection.close() }
-        connections = [:]
     }
-
-    private func acceptLoop() async {
-        while !stopped {
-            let connection: TCPConnection
-            do {
-                connection = try await listener.accept()
-            } catch {
-                if stopped { return }
-                try? await context.sleep(for: .milliseconds(10))
-                continue
-            }
-            let framed = FrameConnection(connection, context: context, limits: PeerLink.limits)
-            connections[ObjectIdentifier(framed)] = framed
-            let bound = ShardBound((self, framed))
-            context.spawn { await bound.value.0.serve(bound.value.1) }
-        }
-    }
-
-    private func serve(_ connection: FrameConnection) async {
-        let inFlightBox = ShardBound(Counter())
-        await connection.readLoop { frame in
-            if frame.operation == .raftMessage {
-                let message = frame.withPayload { Raft.Message(decoding: $0) }
-                if let message { member.receive(message) }
-                return
-            }
-            guard !frame.isResponse else { return }
-            guard inFlightBox.value.count < maxInFlightPerConnection else {
-                connection.send(Frame(errorTo: frame, status: PDError(.tooManyRequests,
-                    "over \(maxInFlightPerConnection) requests in flight on this connection").status))
-                return
-            }
-            inFlightBox.value.count += 1
-            let bound = ShardBound((self, connection, inFlightBox))
-            context.spawn {
-                let response = await bound.value.0.respond(to: frame)
-                bound.value.1.send(response)
-                bound.value.2.value.count -= 1
-            }
-        }
-        connections[ObjectIdentifier(connection)] = nil
-    }
-
-    final class Counter { var count = 0 }
 
     // MARK: - Operations
 
@@ -138,6 +130,9 @@ public final class PDServer {
         }
         do {
             switch operation {
+            case .raftMessage:
+                return failure(PDError(.unsupportedOperation,
+                    "RAFT_MESSAGE is taken only on a member's peer port, not its client port"), to: frame)
             case .ping:
                 return try Frame(responseTo: frame, header: Elasticstream_V1_Status())
             case .createStream, .openStream, .updateStream, .trimStream, .deleteStream, .pdCreateRange, .pdSealRange,
@@ -345,7 +340,7 @@ final class PeerLink {
         var backoff = Duration.milliseconds(20)
         while !stopped {
             do {
-                let tcp = try await context.connect(host: address.host, port: address.port)
+                let tcp = try await context.connect(host: address.host, port: address.peerPort)
                 let framed = FrameConnection(tcp, context: context, maxQueuedBytes: 1 << 30, limits: Self.limits)
                 connection = framed
                 let queued = pending

@@ -2,6 +2,7 @@ import Foundation
 import PlacementDriver
 import Store
 import TOMLKit
+import Transport
 
 /// The `[server]` table of a configuration file: where the range server listens, keeps its data, and how it bounds
 /// each connection. Unknown keys and bad values are errors naming the file, the key and the problem.
@@ -31,10 +32,13 @@ public struct RangeServerConfiguration: Sendable, Hashable {
     public var walDurability: WALConfiguration.Durability = .dsyncWrite
     /// The largest single WAL write: appends waiting together beyond it go out in the next flush.
     public var walMaxFlushBytes = 1 << 20
-    /// Requests served at once per connection; past it, TOO_MANY_REQUESTS.
-    public var maxRequestsPerConnection = 1024
-    /// Bytes of requests served at once per connection; past it, TOO_MANY_REQUESTS.
-    public var maxBytesPerConnection = 64 << 20
+    /// Bounds and timeouts of client connections, per shard: `max_connections`, `max_buffered_bytes`,
+    /// `max_requests_per_connection`, `max_bytes_per_connection`, `idle_timeout`, `frame_timeout`.
+    public var connectionLimits = ConnectionLimits()
+    public var maxRequestsPerConnection: Int {
+        get { connectionLimits.maxRequestsPerConnection }
+        set { connectionLimits.maxRequestsPerConnection = newValue }
+    }
     /// Largest frame accepted.
     public var maxFrameBytes = 16 << 20
     /// How long SIGTERM waits for requests in flight before closing connections.
@@ -95,10 +99,7 @@ public struct RangeServerConfiguration: Sendable, Hashable {
                 }
             case "checkpoint_interval_bytes":
                 checkpointIntervalBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 40))
-            case "max_requests_per_connection":
-                maxRequestsPerConnection = try PDConfiguration.integer(value, place, in: 1...1_000_000)
-            case "max_bytes_per_connection":
-                maxBytesPerConnection = try PDConfiguration.integer(value, place, in: (1 << 20)...(1 << 34))
+            case _ where try PDConfiguration.connectionKey(key, value, place, into: &connectionLimits): break
             case "max_frame_bytes": maxFrameBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 30))
             case "drain_timeout": drainTimeout = try PDConfiguration.duration(value, place)
             case "max_fetch_wait": maxFetchWait = try PDConfiguration.duration(value, place)

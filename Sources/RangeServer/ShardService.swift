@@ -21,12 +21,9 @@ final class ShardService {
     /// Routes a request to the shard that owns its range (set by `RangeServer`).
     var forward: ((Int, Frame) async -> Frame)?
     var shardCount = 1
-    private var connections: [ObjectIdentifier: FrameConnection] = [:]
+    /// The accept loop and connection policy (bounds, timeouts, protocol errors).
+    private var frameServer: FrameServer?
     private var accepting = true
-    private var draining = false
-    private var acceptTask: Task<Void, Error>?
-    /// Requests being served, on every connection of this shard.
-    private(set) var inFlight = 0
     /// FETCH requests waiting for records, per range.
     private var waiters: [RangeKey: [UInt64]] = [:]
     private var waiting: [UInt64: (continuation: UnsafeContinuation<Void, Never>, deadline: Instant)] = [:]
@@ -67,87 +64,16 @@ final class ShardService {
         let now = context.now
         for key in store.rangeKeys where store.describe(key)?.isSealed == false { lastHeard[key] = now }
         let bound = ShardBound(self)
-        acceptTask = context.spawn { await bound.value.acceptLoop() }
-    }
-
-    private func acceptLoop() async {
-        while accepting {
-            let connection: TCPConnection
-            do {
-                connection = try await listener.accept()
-            } catch {
-                if !accepting { return }
-                try? await context.sleep(for: .milliseconds(10))
-                continue
-            }
-            guard accepting else {
-                try? await connection.close()
-                return
-            }
-            let framed = FrameConnection(connection, context: context, limits: limits, receiveBufferBytes: 256 << 10)
-            connections[ObjectIdentifier(framed)] = framed
-            let bound = ShardBound((self, framed))
-            context.spawn { await bound.value.0.serve(bound.value.1) }
+        let server = FrameServer(listener: listener, context: context, limits: configuration.connectionLimits,
+                                 frameLimits: limits, receiveBufferBytes: 256 << 10, logger: logger) { frame in
+            await bound.value.route(frame)
         }
+        frameServer = server
+        server.start()
     }
 
-    /// Per connection: requests in flight and their bytes are bounded; a malformed stream gets an error answer and a
-    /// GOAWAY, then the connection closes. Nothing a peer sends stops the shard.
-    private func serve(_ connection: FrameConnection) async {
-        let counters = ShardBound(Counters())
-        let maxRequests = configuration.maxRequestsPerConnection
-        let maxBytes = configuration.maxBytesPerConnection
-        await connection.readLoop({ frame in
-            guard !frame.isResponse else { return }
-            if frame.operation == .goAway { return }
-            // Draining: requests still in flight are answered; new ones are refused, so the drain ends soon and
-            // clients move to other replicas at once.
-            if self.draining {
-                connection.send(Frame(errorTo: frame, status: Self.status(.shuttingDown, "the range server is stopping")))
-                return
-            }
-            let size = frame.encodedSize
-            guard counters.value.requests < maxRequests, counters.value.bytes + size <= maxBytes else {
-                connection.send(Frame(errorTo: frame, status: Self.status(.tooManyRequests,
-                    "over \(maxRequests) requests or \(maxBytes) bytes in flight on this connection")))
-                return
-            }
-            counters.value.requests += 1
-            counters.value.bytes += size
-            self.inFlight += 1
-            let bound = ShardBound((self, connection, counters))
-            self.context.spawn {
-                let (service, connection, counters) = bound.value
-                let response = await service.route(frame)
-                if !connection.send(response) && !connection.closed {
-                    // An answer that cannot be queued (over the frame limit, or the peer reads too slowly): the
-                    // client would wait for nothing, so the connection is closed and its calls fail at once.
-                    service.logger.warning("an answer could not be sent; closing the connection",
-                                           metadata: ["peer": "\(connection.peer)", "bytes": "\(response.encodedSize)"])
-                    await connection.close()
-                }
-                counters.value.requests -= 1
-                counters.value.bytes -= size
-                service.inFlight -= 1
-            }
-        }, onMalformed: { error in
-            var requestID: UInt64 = 0
-            if case .checksumMismatch(let id, _, _) = error { requestID = id }
-            var status = Self.status(.badRequest, "malformed frame: \(error); closing the connection")
-            if case .checksumMismatch = error { status.code = .checksumMismatch }
-            connection.send(Frame(rawOperation: 0, flags: [.response, .endOfStream, .error], requestID: requestID,
-                                  header: (try? status.serializedBytes()) ?? [], payload: []))
-            var goAway = Elasticstream_V1_GoAway()
-            goAway.reason = .goAwayProtocolError
-            if let frame = try? Frame(request: .goAway, id: 0, header: goAway) { connection.send(frame) }
-        })
-        connections[ObjectIdentifier(connection)] = nil
-    }
-
-    final class Counters {
-        var requests = 0
-        var bytes = 0
-    }
+    /// Requests being served, on every connection of this shard.
+    var inFlight: Int { frameServer?.inFlight ?? 0 }
 
     static func status(_ code: ErrorCode, _ message: String) -> Status {
         var status = Status()
@@ -653,24 +579,10 @@ final class ShardService {
     // MARK: - Stop
 
     /// Stops accepting, tells every client to go away, waits for the requests in flight (at most `drain_timeout`),
-    /// then closes the connections and the store.
+    /// then closes the connections and the store (`FrameServer.stop`).
     func stop() async {
         accepting = false
-        draining = true
-        try? await listener.close()
-        acceptTask?.cancel()
-        var goAway = Elasticstream_V1_GoAway()
-        goAway.reason = .goAwayShutdown
-        for connection in connections.values {
-            if let frame = try? Frame(request: .goAway, id: 0, header: goAway) { connection.send(frame) }
-        }
-        let deadline = context.now + configuration.drainTimeout
-        while inFlight > 0 && context.now < deadline { try? await context.sleep(for: .milliseconds(5)) }
-        for connection in connections.values {
-            await connection.flush()
-            await connection.close()
-        }
-        connections = [:]
+        await frameServer?.stop(drainTimeout: configuration.drainTimeout)
         for client in peers.values { await client.close() }
         // Readers still waiting get their (empty) answers.
         for (_, entry) in waiting { entry.continuation.resume() }

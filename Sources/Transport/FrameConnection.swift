@@ -104,8 +104,11 @@ public final class FrameConnection {
     }
 
     /// Reads frames until the peer closes, the connection fails or a frame is malformed; then closes. A malformed
-    /// stream is handed to `onMalformed` first (it may queue a last frame, which is flushed before the close).
-    public func readLoop(_ onFrame: (Frame) -> Void, onMalformed: (WireError) -> Void = { _ in }) async {
+    /// stream is handed to `onMalformed` first (it may wait, and queue last frames, which are flushed before the
+    /// close). After every read, `afterRead` is told the bytes held for a frame not yet complete and whether a frame
+    /// completed; answering false ends the connection as `.bufferLimit` (the server holds too much for its peers).
+    public func readLoop(_ onFrame: (Frame) -> Void, onMalformed: (WireError) async -> Void = { _ in },
+                         afterRead: ((_ buffered: Int, _ completed: Bool) -> Bool)? = nil) async {
         var decoder = FrameDecoder(limits: limits)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: receiveBufferBytes, alignment: 8)
         defer { buffer.deallocate() }
@@ -117,10 +120,21 @@ public final class FrameConnection {
                 break
             }
             if n == 0 { break }
+            var completed = false
             do {
-                try decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<n]), onFrame)
+                try decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<n])) { frame in
+                    completed = true
+                    onFrame(frame)
+                }
             } catch {
-                onMalformed(error)
+                _ = afterRead?(0, completed)
+                await onMalformed(error)
+                await flush()
+                break
+            }
+            if let afterRead, !afterRead(decoder.bufferedBytes, completed) {
+                _ = afterRead(0, false)
+                await onMalformed(.bufferLimit(held: decoder.bufferedBytes))
                 await flush()
                 break
             }

@@ -54,6 +54,9 @@ public final class RPCClient {
         let callback: (Result<Frame, CallError>) -> Void
         let deadline: Instant
         let bytes: Int
+        /// The request's wire bytes, kept until it is answered: a call the server never took (past its GOAWAY's
+        /// last request id) is sent again on the next connection. (Shared with the queue, not copied.)
+        let wire: [UInt8]
         /// The connection it went out on (0: not sent yet).
         var generation: Int
     }
@@ -65,8 +68,10 @@ public final class RPCClient {
     private var nextRequestID: UInt64 = 1
     private var sweeping = false
     private var closedForGood = false
-    /// Set when the server sent GOAWAY (it is draining).
+    /// Set when the server sent GOAWAY (it is draining, or closing an idle connection).
     public private(set) var goingAway = false
+    /// Per connection that got a GOAWAY: the last request id the server said it would answer.
+    private var lastAnswered: [Int: UInt64] = [:]
 
     public init(address: String, on context: ShardContext, limits: FrameLimits = .default,
                 maxQueuedBytes: Int = 64 << 20, maxOutstandingRequests: Int = 512, maxOutstandingBytes: Int = 32 << 20,
@@ -136,7 +141,7 @@ public final class RPCClient {
             default:
                 completion(result)
             }
-        }, deadline: context.now + timeout, bytes: wire.count, generation: 0)
+        }, deadline: context.now + timeout, bytes: wire.count, wire: wire, generation: 0)
         startSweeping()
         queued.append((wire, id))
         if connection == nil || connection!.closed {
@@ -236,7 +241,8 @@ public final class RPCClient {
         context.spawn {
             await bound.value.1.readLoop { frame in
                 if frame.operation == .goAway && !frame.isResponse {
-                    bound.value.0.goingAway = true
+                    let last = (try? frame.header(as: Elasticstream_V1_GoAway.self))?.lastRequestID ?? 0
+                    bound.value.0.goAway(bound.value.1, generation: current, lastRequestID: last)
                     return
                 }
                 bound.value.0.resolve(frame.requestID, .success(frame))
@@ -246,12 +252,42 @@ public final class RPCClient {
         pump()
     }
 
-    /// The connection of `generation` closed: every call sent on it fails; calls still queued wait for the next one.
+    /// The server will close the connection after answering requests up to `lastRequestID`: new calls wait for the
+    /// next connection, and calls past that id are sent again on it when this one closes.
+    private func goAway(_ framed: FrameConnection, generation: Int, lastRequestID: UInt64) {
+        goingAway = true
+        lastAnswered[generation] = lastRequestID
+        guard connection === framed else { return }
+        connection = nil
+        outstanding = 0
+        outstandingBytes = 0
+        ghosts = [:]
+    }
+
+    /// The connection of `generation` closed: every call sent on it fails, except those its server said in a GOAWAY
+    /// it never took, which are sent again first on the next connection, in their order; calls still queued wait for
+    /// the next one too.
     private func ended(_ framed: FrameConnection, generation ended: Int) {
         var lost: [UInt64] = []
-        for (id, call) in pending where call.generation == ended { lost.append(id) }
+        var again: [UInt64] = []
+        let untaken = lastAnswered.removeValue(forKey: ended)
+        for (id, call) in pending where call.generation == ended {
+            if let untaken, id > untaken { again.append(id) } else { lost.append(id) }
+        }
         for id in lost { resolve(id, .failure(.unreachable(address: address, detail: "the connection closed"))) }
-        guard connection === framed else { return }
+        if !again.isEmpty {
+            again.sort()
+            for id in again { pending[id]?.generation = 0 }
+            let rest = Array(queued[queuedHead...])
+            queued = again.map { (pending[$0]!.wire, $0) } + rest
+            queuedHead = 0
+        }
+        guard connection === framed else {
+            if !again.isEmpty {
+                if connection == nil || connection!.closed { connect() } else { pump() }
+            }
+            return
+        }
         connection = nil
         outstanding = 0
         outstandingBytes = 0

@@ -187,6 +187,26 @@ public enum FrameHeaderCodec {
         return length
     }
 
+    /// Checks the fields of the fixed part that the first `bytes.count` bytes hold (all of them from 32 bytes on):
+    /// a receiver calls it as bytes arrive, so that garbage is refused before it waits for a declared body.
+    public static func checkPrefix(_ bytes: UnsafeRawBufferPointer, limits: FrameLimits) throws(WireError) {
+        if bytes.count >= FrameLayout.size {
+            _ = try parse(bytes, limits: limits)
+            return
+        }
+        if bytes.count >= 4 { _ = try frameLength(bytes, limits: limits) }
+        if bytes.count > FrameLayout.magic, bytes[FrameLayout.magic] != FrameLayout.magicValue {
+            throw .badMagic(found: bytes[FrameLayout.magic])
+        }
+        if bytes.count > FrameLayout.version, bytes[FrameLayout.version] != FrameLayout.currentVersion {
+            throw .unsupportedVersion(bytes[FrameLayout.version])
+        }
+        if bytes.count > FrameLayout.flags {
+            let flags = FrameFlags(rawValue: bytes[FrameLayout.flags])
+            guard FrameFlags.known.isSuperset(of: flags) else { throw .unknownFlags(flags.rawValue) }
+        }
+    }
+
     /// Parses the 32-byte fixed part at the start of `bytes`.
     @inline(__always)
     public static func parse(_ bytes: UnsafeRawBufferPointer, limits: FrameLimits) throws(WireError) -> FrameHeader {

@@ -2,13 +2,16 @@ import CSupport
 
 /// Turns a byte stream into frames, whatever the split: bytes may arrive one at a time or many frames at once.
 ///
-/// Bounded: it holds at most one incomplete frame, and it refuses a length prefix over `limits.maxFrameBytes` as soon
-/// as the prefix's four bytes are in, before it stores a byte of that frame. After an error the stream cannot be
+/// Bounded: it holds at most one incomplete frame, and only the bytes of it that have arrived (never memory sized by a
+/// length prefix). Each field of the fixed part (length, magic, version, flags, reserved bytes, header length) is
+/// checked as soon as its bytes are in, before the frame's body is waited for. After an error the stream cannot be
 /// re-synchronised, so the decoder keeps failing with the same error; the connection must be closed.
 public struct FrameDecoder: Sendable {
     public let limits: FrameLimits
     private var pending: [UInt8] = []
     private var failure: WireError?
+    /// The pending frame's whole fixed part has been checked.
+    private var prefixChecked = false
 
     public init(limits: FrameLimits = .default) {
         self.limits = limits
@@ -49,12 +52,14 @@ public struct FrameDecoder: Sendable {
             let take = min(need, rest.count)
             pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[..<take]))
             rest = UnsafeRawBufferPointer(rebasing: rest[take...])
+            try checkPending()
             if try neededForPending() == 0 {
                 let limits = limits
                 let frame = try pending.withUnsafeBytes { all in
                     Result { () throws(WireError) -> Frame in try Self.frame(from: all, limits: limits) }
                 }.get()
                 pending.removeAll(keepingCapacity: pending.capacity <= 64 << 10)
+                prefixChecked = false
                 onFrame(frame)
             }
         }
@@ -66,13 +71,22 @@ public struct FrameDecoder: Sendable {
             rest = UnsafeRawBufferPointer(rebasing: rest[(length + 4)...])
         }
         if !rest.isEmpty {
-            if rest.count >= 4 {
-                // The frame's size is known: hold it in one allocation, without regrowing as its bytes arrive.
-                let length = try FrameHeaderCodec.frameLength(rest, limits: limits)
-                pending.reserveCapacity(length + 4)
-            }
+            // What has arrived of the fixed part is checked now, before a byte of the frame is held. Memory grows
+            // with the bytes that arrive, never from the declared length.
+            try FrameHeaderCodec.checkPrefix(rest, limits: limits)
+            prefixChecked = rest.count >= FrameLayout.size
             pending.append(contentsOf: rest)
         }
+    }
+
+    /// Checks the fixed part of the pending frame as far as it has arrived (once all of it is in, no more).
+    private mutating func checkPending() throws(WireError) {
+        guard !prefixChecked else { return }
+        let limits = limits
+        try pending.withUnsafeBytes { raw in
+            Result { () throws(WireError) in try FrameHeaderCodec.checkPrefix(raw, limits: limits) }
+        }.get()
+        prefixChecked = pending.count >= FrameLayout.size
     }
 
     /// Bytes the pending frame still needs; checks its length prefix as soon as it is complete.

@@ -17,6 +17,8 @@ public enum WireError: Error, Sendable, Hashable, CustomStringConvertible {
     case badHeader(operation: String, requestID: UInt64, detail: String)
     /// A frame to encode exceeds the limits.
     case encodeTooLarge(bytes: Int, limit: Int)
+    /// The receiver holds too many bytes of unfinished frames across its connections to take more from this one.
+    case bufferLimit(held: Int)
 
     public var description: String {
         switch self {
@@ -35,6 +37,8 @@ public enum WireError: Error, Sendable, Hashable, CustomStringConvertible {
         case .badHeader(let operation, let requestID, let detail):
             return "frame \(requestID) (\(operation)) header does not decode: \(detail)"
         case .encodeTooLarge(let bytes, let limit): return "frame to send is \(bytes) bytes, over the limit of \(limit)"
+        case .bufferLimit(let held):
+            return "the server holds too many bytes of unfinished frames (\(held) from this connection); try again later"
         }
     }
 }

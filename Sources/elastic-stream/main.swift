@@ -102,7 +102,8 @@ let placementDriverAddresses = serverConfiguration.placementDriver.isEmpty
 do {
     try await reactor.run(on: 0) { context in
         let member = try await PDMember.start(settings, on: context)
-        let server = try PDServer.start(member: member, members: members, on: context)
+        let server = try PDServer.start(member: member, members: members, on: context,
+                                         limits: pdConfiguration.connectionLimits)
         let rangeServer: RangeServer
         do {
             rangeServer = try await RangeServer.start(serverConfiguration, placementDriver: placementDriverAddresses,
@@ -113,7 +114,7 @@ do {
             throw error
         }
         logger.info("elastic-stream started", metadata: [
-            "member": "\(settings.id)", "listen": "\(own)", "members": "\(pdConfiguration.members.map { "\($0.id)=\($0)" })",
+            "member": "\(settings.id)", "listen": "\(own)", "peer-listen": "\(own.peerAddress)", "members": "\(pdConfiguration.members.map { "\($0.id)=\($0)" })",
             "data": "\(settings.directory)", "shards": "\(reactor.shardCount)",
             "range-server": "\(rangeServer.shardAddresses)", "range-server-data": "\(serverConfiguration.dataDirectory)",
         ])

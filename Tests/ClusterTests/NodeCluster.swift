@@ -15,6 +15,8 @@ final class NodeCluster: @unchecked Sendable {
     let nodes: Int
     let shards: Int
     let pdPorts: [UInt16]
+    /// The placement driver members' peer (Raft) ports.
+    let pdPeerPorts: [UInt16]
     /// The first shard's port of each node; shard i listens on it plus i.
     let serverPorts: [UInt16]
     private var processes: [Int: Process] = [:]
@@ -23,7 +25,14 @@ final class NodeCluster: @unchecked Sendable {
     /// `[server] writer_lease` of every node.
     let writerLease: String
 
-    init(nodes: Int = 3, shards: Int = 1, writerLease: String = "10s") throws {
+    /// Lines added to every node's [server] and [pd] tables.
+    let serverExtra: String
+    let pdExtra: String
+
+    init(nodes: Int = 3, shards: Int = 1, writerLease: String = "10s", serverExtra: String = "",
+         pdExtra: String = "") throws {
+        self.serverExtra = serverExtra
+        self.pdExtra = pdExtra
         self.nodes = nodes
         self.shards = shards
         self.writerLease = writerLease
@@ -33,6 +42,7 @@ final class NodeCluster: @unchecked Sendable {
         // Below Linux's ephemeral ports (32768 and up), so that no outgoing connection can hold a node's port.
         let base = 12_000 + Int(getpid() % 500) * 20
         pdPorts = (0..<nodes).map { UInt16(base + 1 + $0) }
+        pdPeerPorts = (0..<nodes).map { UInt16(base + 15 + $0) }
         serverPorts = (0..<nodes).map { UInt16(base + 4 + $0 * shards) }
     }
 
@@ -46,7 +56,8 @@ final class NodeCluster: @unchecked Sendable {
     }
 
     func configuration(_ node: Int) -> String {
-        let members = (1...nodes).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1])\"" }.joined(separator: ", ")
+        let members = (1...nodes).map { "\"\($0)=127.0.0.1:\(pdPorts[$0 - 1]):\(pdPeerPorts[$0 - 1])\"" }
+            .joined(separator: ", ")
         let cpus = shards == 1 ? "\((node - 1) % 2)" : (0..<shards).map { "\($0 % 2)" }.joined(separator: ", ")
         return """
             [reactor]
@@ -67,6 +78,7 @@ final class NodeCluster: @unchecked Sendable {
             election_ticks = 10
             heartbeat_ticks = 1
             server_heartbeat_timeout = "3s"
+            \(pdExtra)
 
             [server]
             port = \(serverPorts[node - 1])
@@ -77,6 +89,7 @@ final class NodeCluster: @unchecked Sendable {
             segment_bytes = 8388608
             cache_bytes = 16777216
             drain_timeout = "1s"
+            \(serverExtra)
             """
     }
 
@@ -101,6 +114,12 @@ final class NodeCluster: @unchecked Sendable {
         guard let process = lock.withLock({ processes.removeValue(forKey: node) }) else { return }
         Foundation.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
+    }
+
+    /// The process id of node `node`, while it runs.
+    func pid(_ node: Int) -> Int32? {
+        guard let process = lock.withLock({ processes[node] }), process.isRunning else { return nil }
+        return process.processIdentifier
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT) to node `node`'s process.

@@ -22,7 +22,9 @@ final class ProcessCluster: @unchecked Sendable {
     var addresses: [String] { ports.map { "127.0.0.1:\($0)" } }
 
     func configuration(_ member: Int) -> String {
-        let members = (1...3).map { "\"\($0)=127.0.0.1:\(ports[$0 - 1])\"" }.joined(separator: ", ")
+        // Peer (Raft) ports 10000 below the client ports, below Linux's ephemeral ports.
+        let members = (1...3).map { "\"\($0)=127.0.0.1:\(ports[$0 - 1]):\(ports[$0 - 1] - 10_000)\"" }
+            .joined(separator: ", ")
         return """
             [reactor]
             cpus = [\((member - 1) % 2)]

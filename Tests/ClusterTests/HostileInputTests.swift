@@ -1,0 +1,324 @@
+import Client
+import Foundation
+import Reactor
+import SwiftProtobuf
+import Records
+import TestSupport
+import Testing
+import Transport
+import Wire
+
+/// Clients that send what `docs/protocol.md` allows but no good client would (boundary values in every number), and
+/// what it forbids (bad frames, idle and slow connections, too many of them): each gets its documented answer, and
+/// the node keeps serving.
+@Suite(.serialized) struct HostileInputTests {
+    /// Every numeric field at its extremes: offsets and epochs near 2^64, ids and counts at their maximum. Each is
+    /// INVALID_ARGUMENT naming the field; the node keeps serving, and still starts after a kill.
+    @Test func boundaryValuesAreRefusedByNameAndTheNodeKeepsServing() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster(nodes: 1)
+        try cluster.startAll()
+        let server = try RawSocket(port: cluster.serverPorts[0])
+        let pd = try RawSocket(port: cluster.pdPorts[0])
+        var id: UInt64 = 0
+        func ask(_ socket: RawSocket, _ operation: OperationCode, _ message: some SwiftProtobuf.Message,
+                 payload: [UInt8] = []) -> Frame? {
+            id += 1
+            #expect(socket.send(requestFrame(operation, id: id, message, payload: payload)))
+            return socket.nextFrame(within: 10)
+        }
+        func expectRefused(_ answer: Frame?, _ field: String, _ what: String) {
+            #expect(errorCode(answer) == .invalidArgument, "\(what): \(String(describing: answer.map { RawSocket.describe([$0], closed: false) }))")
+            let message = answer.flatMap { try? $0.header(as: Status.self) }?.message ?? ""
+            #expect(message.contains(field), "\(what): '\(message)' does not name \(field)")
+        }
+
+        // The range server.
+        var create = Elasticstream_V1_CreateRangeRequest()
+        create.range.streamID = 900
+        #expect(errorCode(ask(server, .createRange, create)) == .ok)
+        var append = Elasticstream_V1_AppendRequest()
+        append.streamID = 900
+        for base in [UInt64.max, UInt64.max - 3, UInt64.max - 4, WireBounds.maxOffset - 3] {
+            let batch = try RecordBatch(streamID: 900, rangeIndex: 0, baseOffset: base, baseTimestamp: 0,
+                                        records: (0..<4).map { _ in Record(timestamp: 0, value: [1]) }).encoded()
+            expectRefused(ask(server, .append, append, payload: batch), "base offset", "APPEND at base \(base)")
+        }
+        var timestamped = try RecordBatch(streamID: 900, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                          records: [Record(timestamp: 0, value: []), Record(timestamp: 9, value: [])]).encoded()
+        timestamped.withUnsafeMutableBytes { $0.storeBytes(of: Int64.max.littleEndian, toByteOffset: 48, as: Int64.self) }
+        RecordBatchView.setRangeIndex(0, in: &timestamped)
+        expectRefused(ask(server, .append, append, payload: timestamped), "timestamp", "APPEND with a wrapping timestamp")
+        var acknowledged = append
+        acknowledged.acknowledgedOffset = UInt64.max
+        expectRefused(ask(server, .append, acknowledged), "acknowledged_offset", "APPEND acknowledging 2^64-1")
+        var fetch = Elasticstream_V1_FetchRequest()
+        fetch.streamID = 900
+        fetch.startOffset = UInt64.max
+        fetch.maxWaitMs = UInt32.max
+        fetch.maxBytes = UInt32.max
+        expectRefused(ask(server, .fetch, fetch), "start_offset", "FETCH from 2^64-1")
+        var far = create
+        far.range.index = 1
+        far.range.startOffset = UInt64.max
+        expectRefused(ask(server, .createRange, far), "start_offset", "CREATE_RANGE at 2^64-1")
+        var seal = Elasticstream_V1_SealRangeRequest()
+        seal.range = create.range
+        seal.range.sealed = true
+        seal.range.endOffset = UInt64.max
+        expectRefused(ask(server, .sealRange, seal), "end_offset", "SEAL_RANGE at 2^64-1")
+        // A good append still works.
+        let good = try RecordBatch(streamID: 900, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                   records: [Record(timestamp: 0, value: [7])]).encoded()
+        #expect(errorCode(ask(server, .append, append, payload: good)) == .ok)
+
+        // The placement driver.
+        var createStream = Elasticstream_V1_CreateStreamRequest()
+        createStream.stream.replicaCount = 1
+        createStream.stream.ackCount = 1
+        // The member elects itself leader after a few ticks.
+        var created = ask(pd, .createStream, createStream)
+        for _ in 0..<100 where errorCode(created) != .ok {
+            usleep(100_000)
+            created = ask(pd, .createStream, createStream)
+        }
+        let stream = try #require(created.flatMap { try? $0.header(as: Elasticstream_V1_CreateStreamResponse.self) }).stream
+        for epoch in [UInt64.max, UInt64.max - 1, WireBounds.maxEpoch] {
+            var open = Elasticstream_V1_OpenStreamRequest()
+            open.streamID = stream.streamID
+            open.epoch = epoch
+            expectRefused(ask(pd, .openStream, open), "epoch", "OPEN_STREAM at epoch \(epoch)")
+        }
+        var register = Elasticstream_V1_RegisterRangeServerRequest()
+        register.server.serverID = UInt64.max
+        register.server.shardAddresses = ["127.0.0.1:1"]
+        expectRefused(ask(pd, .registerRangeServer, register), "server_id", "REGISTER with id 2^64-1")
+        var trim = Elasticstream_V1_TrimStreamRequest()
+        trim.streamID = stream.streamID
+        trim.startOffset = UInt64.max
+        expectRefused(ask(pd, .trimStream, trim), "start_offset", "TRIM to 2^64-1")
+        var allocate = Elasticstream_V1_AllocateIdRequest()
+        allocate.kind = .stream
+        allocate.count = UInt32.max
+        expectRefused(ask(pd, .allocateID, allocate), "count", "ALLOCATE_ID of 2^32-1")
+        var rangeAt = Elasticstream_V1_CreateRangeRequest()
+        rangeAt.range.streamID = stream.streamID
+        rangeAt.range.index = UInt32.max
+        expectRefused(ask(pd, .pdCreateRange, rangeAt), "index", "PD_CREATE_RANGE of index 2^32-1")
+        var list = Elasticstream_V1_ListRangesRequest()
+        list.streamID = stream.streamID
+        list.startIndex = UInt32.max
+        list.startOffset = UInt64.max
+        list.limit = UInt32.max
+        #expect(errorCode(ask(pd, .listRanges, list)) == .ok)
+
+        // The node still serves a writer, and comes back after a kill with the same state.
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        func writeAndRead() async throws -> [UInt64] {
+            try await withClient(reactor, cluster) { box in
+                let client = box.value
+                try await waitForServers(client, 1)
+                let writer = try await client.openStream(stream.streamID)
+                let first = try await writer.append([record(1)])
+                await writer.close()
+                return try await readAll(client, stream.streamID, to: first + 1).map(\.offset)
+            }
+        }
+        let before = try await writeAndRead()
+        #expect(before == [0])
+        cluster.kill(1)
+        try cluster.start(1)
+        let after = try await writeAndRead()
+        #expect(after == [0, 1], "after the restart")
+        cluster.stopAll()
+    }
+
+    /// The connection policy, on the range server port and on both placement driver ports: bad fixed headers are
+    /// refused as soon as they arrive, whatever length they declare; requests carrying the response flag get
+    /// BAD_REQUEST; a valid request followed by garbage is answered before the error frame, GOAWAY and close; idle and
+    /// slow connections are closed; connections past the bound are refused; unfinished frames past the byte bound
+    /// close their connection, and the node's memory does not follow the lengths the frames declare. Raft messages are
+    /// refused on the client port, client operations on the peer port.
+    @Test func connectionsArePoliced() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let limits = """
+            idle_timeout = "1s"
+            frame_timeout = "1s"
+            max_connections = 40
+            max_buffered_bytes = 8388608
+            """
+        let cluster = try NodeCluster(nodes: 1, serverExtra: limits, pdExtra: limits)
+        try cluster.startAll()
+        defer { cluster.stopAll() }
+        let ping = requestFrame(.ping, id: 1, Elasticstream_V1_PingRequest())
+        let pingBytes = try ping.encoded()
+        for (name, port) in [("range server", cluster.serverPorts[0]), ("placement driver", cluster.pdPorts[0])] {
+            // A bad magic behind a 1 MiB length: refused without waiting for the megabyte.
+            var badMagic = Array(pingBytes.prefix(32))
+            badMagic[0...3] = [0, 0x10, 0, 0]
+            badMagic[4] = 0x42
+            let magic = try RawSocket(port: port)
+            magic.send(badMagic)
+            let magicAnswer = magic.drain(within: 5)
+            #expect(magicAnswer.closed && errorCode(magicAnswer.frames.first) == .badRequest
+                    && magicAnswer.frames.contains { $0.operation == .goAway },
+                    "\(name), bad magic: \(RawSocket.describe(magicAnswer.frames, closed: magicAnswer.closed))")
+
+            // The response flag on a request: BAD_REQUEST, and the connection goes on.
+            let flagged = try RawSocket(port: port)
+            flagged.send(Frame(operation: .ping, flags: [.response], requestID: 7, header: []))
+            let refusal = flagged.nextFrame(within: 5)
+            #expect(errorCode(refusal) == .badRequest && refusal?.requestID == 7, "\(name), response flag")
+            flagged.send(ping)
+            #expect(errorCode(flagged.nextFrame(within: 5)) == .ok, "\(name): a ping after the refusal")
+
+            // A ping, then garbage: the ping is answered first.
+            let mixed = try RawSocket(port: port)
+            mixed.send(pingBytes + [UInt8](repeating: 0xEE, count: 64))
+            let mixedAnswer = mixed.drain(within: 5)
+            let described = RawSocket.describe(mixedAnswer.frames, closed: mixedAnswer.closed)
+            #expect(errorCode(mixedAnswer.frames.first) == .ok && mixedAnswer.frames.first?.requestID == 1, "\(name): \(described)")
+            #expect(mixedAnswer.frames.contains { $0.operation == .goAway } && mixedAnswer.closed, "\(name): \(described)")
+
+            // Idle: closed after about 1 s, with a GOAWAY.
+            let idle = try RawSocket(port: port)
+            let idleAnswer = idle.drain(within: 15)
+            #expect(idleAnswer.closed && idleAnswer.frames.contains { $0.operation == .goAway },
+                    "\(name), idle: \(RawSocket.describe(idleAnswer.frames, closed: idleAnswer.closed))")
+
+            // Slow: a frame dripping one byte every 100 ms is cut off (it would need 4 s).
+            let slow = try RawSocket(port: port)
+            var sentAll = true
+            for byte in pingBytes {
+                if !slow.send([byte]) || slow.nextFrame(within: 0.1) != nil || slow.closedByPeer {
+                    sentAll = false
+                    break
+                }
+            }
+            #expect(!sentAll, "\(name): a frame sent over \(pingBytes.count / 10) s was still taken")
+
+            // Past max_connections, new connections are refused with TOO_MANY_REQUESTS.
+            var crowd: [RawSocket] = []
+            for _ in 0..<50 { crowd.append(try RawSocket(port: port)) }
+            var refused = 0
+            for socket in crowd.suffix(15) {
+                let answer = socket.drain(within: 0.5)
+                if errorCode(answer.frames.first) == .tooManyRequests && answer.closed { refused += 1 }
+            }
+            #expect(refused >= 5, "\(name): \(refused) of the connections past 40 were refused")
+            crowd = []
+            try await Task.sleep(for: .milliseconds(300))
+        }
+
+        // Unfinished frames: memory follows the bytes that arrive, and past max_buffered_bytes the connection that
+        // would exceed it is closed. Twelve connections each declare a 15 MiB frame and send 1 MiB of it.
+        let pid = try #require(cluster.pid(1))
+        let before = residentBytes(pid) ?? 0
+        var header = Array(pingBytes.prefix(32))
+        header[0...3] = [0, 0xF0, 0, 0]
+        var partial: [RawSocket] = []
+        for _ in 0..<12 {
+            let socket = try RawSocket(port: cluster.serverPorts[0])
+            socket.send(header + [UInt8](repeating: 0, count: 1 << 20))
+            partial.append(socket)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let during = residentBytes(pid) ?? 0
+        let cut = partial.filter { socket in
+            let answer = socket.drain(within: 0.2)
+            return answer.closed && errorCode(answer.frames.first) == .tooManyRequests
+        }.count
+        #expect(cut >= 3, "\(cut) of 12 connections holding 12 MiB against a bound of 8 MiB were closed")
+        #expect(during - before < 64 << 20, "12 frames declaring 15 MiB each raised the node's memory by \(during - before) bytes")
+        partial = []
+
+        // Raft messages only on the peer port, and client operations only on the client port.
+        let clientPort = try RawSocket(port: cluster.pdPorts[0])
+        clientPort.send(Frame(operation: .raftMessage, requestID: 3, header: [], payload: [1, 2, 3]))
+        #expect(errorCode(clientPort.nextFrame(within: 5)) == .unsupportedOperation, "a Raft message on the client port")
+        let peerPort = try RawSocket(port: cluster.pdPeerPorts[0])
+        peerPort.send(ping)
+        #expect(errorCode(peerPort.nextFrame(within: 5)) == .unsupportedOperation, "a ping on the peer port")
+
+        // A client whose connections were closed while idle goes on without an error.
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let read = try await withClient(reactor, cluster) { box -> [UInt64] in
+            let client = box.value
+            try await waitForServers(client, 1)
+            let stream = try await client.createStream(replicas: 1, ackCount: 1).streamID
+            let writer = try await client.openStream(stream)
+            _ = try await writer.append([record(1)])
+            await writer.close()
+            _ = try await client.read(stream: stream, from: 0)
+            try await client.context.sleep(for: .seconds(3))
+            return try await client.read(stream: stream, from: 0).map(\.offset)
+        }
+        #expect(read == [0])
+        #expect(cluster.pid(1) != nil, "the node stopped")
+    }
+}
+
+extension HostileInputTests {
+    /// `esctl append` then at once `esctl read`, twenty times on three nodes (3 replicas, ack 2): every read returns
+    /// every record appended so far, and when `esctl append` exits its last range is sealed on the placement driver
+    /// and on at least ack_count replicas.
+    @Test func aReadRightAfterAnAppendReturnsEveryRecord() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: serverPath()), "build the server first: \(serverPath())")
+        let cluster = try NodeCluster()
+        try cluster.startAll()
+        defer { cluster.stopAll() }
+        let pd = ["--pd", cluster.pdAddresses.joined(separator: ",")]
+        var created = try esctl(["stream", "create", "--replicas", "3", "--ack", "2"] + pd)
+        let deadline = Date().addingTimeInterval(30)
+        while created.0 != 0 && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+            created = try esctl(["stream", "create", "--replicas", "3", "--ack", "2"] + pd)
+        }
+        let id = created.1.trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(created.0 == 0 && UInt64(id) != nil, "\(created)")
+        var expected: [String] = []
+        var failures: [String] = []
+        for round in 0..<20 {
+            let lines = (0..<37).map { "r\(round)-\($0)" }
+            let appended = try esctl(["append", id, "--batch", "5"] + pd, input: lines.joined(separator: "\n") + "\n")
+            guard appended.0 == 0 else {
+                failures.append("round \(round): append exited \(appended.0): \(appended.2)")
+                continue
+            }
+            expected += lines
+            let read = try esctl(["read", id] + pd)
+            let values = read.1.split(separator: "\n").map { String($0.split(separator: "\t", maxSplits: 1).last ?? "") }
+            if read.0 != 0 || values != expected {
+                failures.append("round \(round): read exited \(read.0) with \(values.count) of \(expected.count) records: \(read.2)")
+            }
+            // The last range is sealed on the replicas too.
+            let ranges = try esctl(["range", "list", id, "--json"] + pd)
+            let list = (try? JSONSerialization.jsonObject(with: Data(ranges.1.utf8))) as? [[String: Any]] ?? []
+            guard let last = list.last, let index = last["index"] as? Int, let servers = last["servers"] as? [Any] else {
+                failures.append("round \(round): no range list: \(ranges)")
+                continue
+            }
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            let addresses = (1...3).map { cluster.serverAddress($0) }
+            let sealedOn = try await reactor.run(on: 0) { context -> Int in
+                var sealed = 0
+                for address in addresses {
+                    let rpc = RPCClient(address: address, on: context)
+                    var describe = Elasticstream_V1_DescribeRangeRequest()
+                    describe.streamID = UInt64(id)!
+                    describe.rangeIndex = UInt32(index)
+                    if case .success(let frame) = await rpc.call(.describeRange, header: describe, timeout: .seconds(2)),
+                       let answer = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self),
+                       answer.range.sealed { sealed += 1 }
+                    await rpc.close()
+                }
+                return sealed
+            }
+            reactor.shutdown()
+            if sealedOn < 2 { failures.append("round \(round): range \(index) sealed on \(sealedOn) of \(servers.count) replicas") }
+        }
+        #expect(failures.isEmpty, "\(failures)")
+    }
+}
