@@ -49,8 +49,9 @@ public struct RecordBatchBuilder: ~Copyable {
             throw .limitExceeded(what: "record count", value: count + 1, limit: limits.maxRecordsPerBatch,
                                  offset: BatchLayout.recordCount)
         }
-        let delta = timestamp - baseTimestamp
-        guard delta >= 0, delta <= Int64(Int32.max) else {
+        // A caller's timestamps may be anything: the difference is checked, never trapped on.
+        let (delta, overflow) = timestamp.subtractingReportingOverflow(baseTimestamp)
+        guard !overflow, delta >= 0, delta <= Int64(Int32.max) else {
             throw .malformed(what: "record timestamp \(timestamp) outside base \(baseTimestamp) + [0, 2^31) ms",
                              offset: position + 4)
         }

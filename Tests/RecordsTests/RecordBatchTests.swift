@@ -250,3 +250,13 @@ func validationError(_ bytes: [UInt8], limits: RecordLimits = .default) -> Recor
         #expect(what.contains("timestamp"))
     }
 }
+
+extension RecordBatchBoundsTests {
+    /// Found by HandlerFuzzTests (seed 4111308921): a record timestamp far from the base made the builder's
+    /// subtraction trap in the client. It is a typed error.
+    @Test func aTimestampFarFromTheBaseIsAnErrorInTheBuilder() {
+        let batch = RecordBatch(streamID: 1, rangeIndex: 0, baseOffset: 0, baseTimestamp: Int64.min,
+                                records: [Record(timestamp: Int64.max, value: [])])
+        #expect(throws: RecordError.self) { try batch.encoded() }
+    }
+}
