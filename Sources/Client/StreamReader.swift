@@ -134,6 +134,13 @@ final class StreamReader {
                         preferred[range.index] = (which + 1) % servers.count
                         continue
                     }
+                    if records.isEmpty && !range.sealed && limit > 0 && offset < limit {
+                        // The writer's own read below its acknowledged end: ack_count replicas hold these records,
+                        // this one (a replica the append has not reached yet) does not; ask another.
+                        sawEmpty = true
+                        preferred[range.index] = (which + 1) % servers.count
+                        continue
+                    }
                     preferred[range.index] = which
                     if records.isEmpty && !range.sealed && !refreshed && openRangeLimit == nil,
                        await mayHaveBeenSealed(range, at: address) {

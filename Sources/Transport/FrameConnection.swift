@@ -14,7 +14,8 @@ public final class FrameConnection {
     private var writing = false
     public private(set) var closed = false
 
-    /// Bytes read from the socket at once (large records arrive in fewer reads with a larger buffer).
+    /// The most bytes read from the socket at once (large records arrive in fewer reads with a larger buffer); the
+    /// buffer starts at 16 KiB and grows to this while reads fill it.
     public let receiveBufferBytes: Int
 
     public init(_ connection: TCPConnection, context: ShardContext, maxQueuedBytes: Int = 64 << 20,
@@ -110,7 +111,9 @@ public final class FrameConnection {
     public func readLoop(_ onFrame: (Frame) -> Void, onMalformed: (WireError) async -> Void = { _ in },
                          afterRead: ((_ buffered: Int, _ completed: Bool) -> Bool)? = nil) async {
         var decoder = FrameDecoder(limits: limits)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: receiveBufferBytes, alignment: 8)
+        // Small while the peer sends little (an idle connection holds 16 KiB), doubled up to `receiveBufferBytes`
+        // while reads fill it.
+        var buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(16 << 10, receiveBufferBytes), alignment: 8)
         defer { buffer.deallocate() }
         while !closed {
             let n: Int
@@ -120,6 +123,12 @@ public final class FrameConnection {
                 break
             }
             if n == 0 { break }
+            defer {
+                if n == buffer.count && buffer.count < receiveBufferBytes {
+                    buffer.deallocate()
+                    buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(2 * n, receiveBufferBytes), alignment: 8)
+                }
+            }
             var completed = false
             do {
                 try decoder.decode(UnsafeRawBufferPointer(rebasing: buffer[..<n])) { frame in

@@ -59,6 +59,31 @@ func decodeAll(_ bytes: [UInt8], splits: [Int], limits: FrameLimits = .default, 
         #expect(throws: WireError.self) { _ = try decoder.decode(try Frame(operation: .ping, requestID: 1, header: []).encoded()) }
     }
 
+    /// The fixed part is checked field by field as its bytes arrive, and a frame's memory grows with the bytes that
+    /// arrive, not with the length it declares.
+    @Test func theFixedPartIsCheckedAsItArrivesAndMemoryFollowsTheBytes() throws {
+        let good = try Frame(operation: .ping, requestID: 1, header: []).encoded()
+        // A bad magic behind a 1 MiB length: refused at its fifth byte, with one byte at a time.
+        var decoder = FrameDecoder(limits: FrameLimits(maxFrameBytes: 16 << 20))
+        var bytes = good
+        bytes[0...3] = [0, 0x10, 0, 0]
+        bytes[4] = 0x42
+        for i in 0..<4 { #expect(try decoder.decode([bytes[i]]).isEmpty) }
+        #expect(throws: WireError.badMagic(found: 0x42)) { _ = try decoder.decode([bytes[4]]) }
+        // Unknown flags: refused when the flags byte arrives, long before the declared body.
+        var flagged = FrameDecoder(limits: FrameLimits(maxFrameBytes: 16 << 20))
+        bytes = good
+        bytes[0...3] = [0, 0xF0, 0, 0]
+        bytes[8] = 0x80
+        #expect(throws: WireError.self) { _ = try flagged.decode(Array(bytes[0..<9])) }
+        // A valid fixed part declaring 15 MiB, then 1,000 bytes: 1,032 bytes held.
+        var partial = FrameDecoder(limits: FrameLimits(maxFrameBytes: 16 << 20))
+        bytes = good
+        bytes[0...3] = [0, 0xF0, 0, 0]
+        #expect(try partial.decode(Array(bytes[0..<32]) + [UInt8](repeating: 0, count: 1_000)).isEmpty)
+        #expect(partial.bufferedBytes == 1_032)
+    }
+
     @Test func fixedHeaderDamageIsNamed() throws {
         let good = try Frame(operation: .append, requestID: 7, header: [1, 2, 3], payload: [4, 5]).encoded()
         func error(_ mutate: (inout [UInt8]) -> Void) -> WireError? {
