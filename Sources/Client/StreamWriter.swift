@@ -193,12 +193,10 @@ public final class StreamWriter {
         }
     }
 
-    /// Tells the replicas of a sealed range its end, and waits for their answers (at most `replicaSetupTimeout`
-    /// for one that does not answer). Best effort: readers read a sealed range below the placement driver's end
-    /// whether or not a replica knows of the seal, a replica holding less repairs itself from the others, and a
-    /// replica that missed it learns it from reconciliation, its lease check or a reader.
-    /// Tells the replicas a range is sealed; waits for `enough` of them to confirm (past the grace period), or for
-    /// every answer.
+    /// Tells the replicas of a sealed range its end, and waits for their answers: past `replicaSetupTimeout`, only
+    /// for `enough` of them to have confirmed (or for every answer). Readers read a sealed range below the placement
+    /// driver's end whether or not a replica knows of the seal, a replica holding less repairs itself from the
+    /// others, and a replica that missed it learns it from reconciliation, its lease check or a reader.
     private func notifySeal(_ range: RangeRecord, enough: Int = 0) async {
         var request = Elasticstream_V1_SealRangeRequest()
         request.range = range
