@@ -69,6 +69,10 @@ public final class ElasticStreamClient {
     static func check(_ response: some SwiftProtobuf.Message) throws(FieldError) {
         func stream(_ record: StreamRecord) throws(FieldError) {
             try FieldError.offset(record.startOffset, "stream.start_offset")
+            // The writer indexes its replicas' confirmed ends by the ack count.
+            guard (1...16).contains(record.replicaCount), (1...record.replicaCount).contains(record.ackCount) else {
+                throw FieldError("stream.ack_count", "is \(record.ackCount) with replica_count \(record.replicaCount)")
+            }
         }
         func ranges(_ list: [RangeRecord]) throws(FieldError) {
             for (i, range) in list.enumerated() { try range.validate("ranges[\(i)]") }
