@@ -453,8 +453,8 @@ final class Attacker: @unchecked Sendable {
 extension HostileInputTests {
     /// Three nodes, a good writer appending and reading back on one stream, and an attacker sending everything above
     /// (thousands of idle connections, slow and unfinished frames, garbage, boundary values in every field) to every
-    /// port for 10 seconds. The writer sees no error, and no stall over 100 ms beyond the worst it saw alone in the
-    /// 5 seconds before (two cores are shared by three nodes, the writer and the attacker, so the machine's own noise
+    /// port for 10 seconds. The writer sees no error, and no stall over 100 ms beyond twice the worst it saw alone in
+    /// the 5 seconds before (two cores are shared by three nodes, the writer and the attacker, so the machine's own noise
     /// is measured, not assumed); the nodes' memory stays within their byte bounds; every request gets a documented
     /// answer; every node keeps running.
     @Test func aGoodWriterIsUndisturbedByAHostileClient() async throws {
@@ -543,7 +543,9 @@ extension HostileInputTests {
               + "\(attack.failures) connections refused; memory before \(before), peak \(attack.peak)")
         #expect(phase.errors.isEmpty, "the good writer saw errors: \(phase.errors)")
         #expect(phase.attackOperations > 0, "the good writer made no progress under attack")
-        #expect(phase.attackWorst <= max(phase.quietWorst, .zero) + .milliseconds(100),
+        // Allowed: 100 ms over twice the worst of the same writer alone (a disk or scheduler hiccup of the shared
+        // machine can land in either phase; an attack that stalls the writer does not fit in it).
+        #expect(phase.attackWorst <= phase.quietWorst * 2 + .milliseconds(100),
                 "the good writer stalled \(phase.attackWorst) under attack, \(phase.quietWorst) alone")
         #expect(attack.undocumented.isEmpty, "\(attack.undocumented)")
         #expect(attack.requests > 100)
