@@ -64,8 +64,14 @@ final class ShardService {
         let now = context.now
         for key in store.rangeKeys where store.describe(key)?.isSealed == false { lastHeard[key] = now }
         let bound = ShardBound(self)
+        let maxAnswer = configuration.maxFrameBytes
         let server = FrameServer(listener: listener, context: context, limits: configuration.connectionLimits,
-                                 frameLimits: limits, receiveBufferBytes: 256 << 10, logger: logger) { frame in
+                                 frameLimits: limits, receiveBufferBytes: 256 << 10, logger: logger, cost: { frame in
+            // A FETCH's answer may be up to its max_bytes: counted against the bounds before it is served.
+            guard frame.operation == .fetch,
+                  let request = try? frame.header(as: Elasticstream_V1_FetchRequest.self) else { return frame.encodedSize }
+            return frame.encodedSize + min(max(Int(request.maxBytes), 1), maxAnswer)
+        }) { frame in
             await bound.value.route(frame)
         }
         frameServer = server

@@ -11,6 +11,11 @@ public final class FrameConnection {
     public let limits: FrameLimits
     private var queue: [OutgoingBytes] = []
     public private(set) var queuedBytes = 0
+    /// When the send queue last moved (a send completed, or it was empty): a peer that stops reading is found by how
+    /// long ago this was while bytes wait.
+    public private(set) var lastSendProgress: Instant
+    /// Told every change of `queuedBytes` (a server counts them against its byte bound).
+    public var onQueuedBytesChange: ((Int) -> Void)?
     private var writing = false
     public private(set) var closed = false
 
@@ -25,6 +30,7 @@ public final class FrameConnection {
         self.maxQueuedBytes = maxQueuedBytes
         self.limits = limits
         self.receiveBufferBytes = receiveBufferBytes
+        lastSendProgress = context.now
     }
 
     public var peer: String { connection.peer }
@@ -51,8 +57,10 @@ public final class FrameConnection {
 
     private func enqueue(_ bytes: OutgoingBytes) -> Bool {
         guard queuedBytes + bytes.buffer.count <= maxQueuedBytes else { return false }
+        if queuedBytes == 0 { lastSendProgress = context.now }
         queue.append(bytes)
         queuedBytes += bytes.buffer.count
+        onQueuedBytesChange?(bytes.buffer.count)
         if !writing {
             writing = true
             let this = ShardBound(self)
@@ -87,6 +95,8 @@ public final class FrameConnection {
                 sent = false
             }
             queuedBytes -= total
+            lastSendProgress = context.now
+            onQueuedBytesChange?(-total)
             if !sent {
                 writing = false
                 await close()
@@ -155,6 +165,7 @@ public final class FrameConnection {
         guard !closed else { return }
         closed = true
         queue = []
+        onQueuedBytesChange?(-queuedBytes)
         queuedBytes = 0
         try? await connection.close()
     }

@@ -9,8 +9,10 @@ import Wire
 public struct ConnectionLimits: Sendable, Hashable {
     /// Connections open at once; one more is answered with TOO_MANY_REQUESTS and GOAWAY, then closed.
     public var maxConnections = 4_096
-    /// Bytes held for all connections together: frames still arriving plus requests being served. A request past
-    /// it is refused with TOO_MANY_REQUESTS; a connection whose unfinished frame would pass it is closed.
+    /// Bytes held for all connections together: frames still arriving, requests being served and answers waiting to
+    /// be sent. A request past it is refused with TOO_MANY_REQUESTS; a connection whose unfinished frame would pass
+    /// it is closed. A connection whose answers wait longer than `frameTimeout` without the peer reading any, or
+    /// more than `maxBytesPerConnection` of them, is closed.
     public var maxBufferedBytes = 256 << 20
     /// Requests being served on one connection at once, and their bytes (past either: TOO_MANY_REQUESTS).
     public var maxRequestsPerConnection = 1_024
@@ -39,13 +41,14 @@ public final class FrameServer {
     let logger: Logger
     private let respond: (Frame) async -> Frame
     private let inline: (Frame) -> Bool
+    private let cost: (Frame) -> Int
     private var served: [ObjectIdentifier: Served] = [:]
     private var accepting = true
     /// Set by `stop`: new requests are refused with SHUTTING_DOWN.
     public private(set) var draining = false
     private var acceptTask: Task<Void, Error>?
     private var sweeping = false
-    /// Bytes held across connections: frames arriving plus requests being served.
+    /// Bytes held across connections: frames arriving, requests being served, and answers waiting to be sent.
     public private(set) var bufferedBytes = 0
     /// Requests being served on every connection.
     public private(set) var inFlight = 0
@@ -73,7 +76,9 @@ public final class FrameServer {
 
     public init(listener: TCPListener, context: ShardContext, limits: ConnectionLimits, frameLimits: FrameLimits,
                 receiveBufferBytes: Int = 64 << 10, logger: Logger,
+                cost: @escaping (Frame) -> Int = { $0.encodedSize },
                 inline: @escaping (Frame) -> Bool = { _ in false }, respond: @escaping (Frame) async -> Frame) {
+        self.cost = cost
         self.listener = listener
         self.context = context
         self.limits = limits
@@ -119,6 +124,9 @@ public final class FrameServer {
                 continue
             }
             served[ObjectIdentifier(framed)] = Served(framed, now: context.now)
+            // Answers waiting to be sent count against the byte bound too: a client that does not read its answers
+            // cannot make the server hold more than the bound.
+            framed.onQueuedBytesChange = { delta in bound.value.0.bufferedBytes += delta }
             startSweeping()
             context.spawn { await bound.value.0.serve(bound.value.1) }
         }
@@ -193,12 +201,21 @@ public final class FrameServer {
             return
         }
         if frame.operation == .goAway { return }
+        if connection.queuedBytes > limits.maxBytesPerConnection {
+            // The peer sends but does not read: nothing more is taken from it.
+            state.closing = true
+            timedOutConnections += 1
+            let bound = ShardBound(connection)
+            context.spawn { await bound.value.close() }
+            return
+        }
         if inline(frame) { return }
         if draining {
             connection.send(Frame(errorTo: frame, status: Self.status(.shuttingDown, "the server is stopping")))
             return
         }
-        let size = frame.encodedSize
+        // What serving it may hold: the request, and for a request with a large answer (FETCH), that answer.
+        let size = max(frame.encodedSize, cost(frame))
         guard state.requests < limits.maxRequestsPerConnection, state.bytes + size <= limits.maxBytesPerConnection
         else {
             connection.send(Frame(errorTo: frame, status: Self.status(.tooManyRequests,
@@ -274,6 +291,14 @@ public final class FrameServer {
     private func sweep() {
         let now = context.now
         for state in served.values where !state.closing {
+            if state.connection.queuedBytes > 0, now - state.connection.lastSendProgress > limits.frameTimeout {
+                // Answers wait and the peer reads none of them: nothing more can be sent, so it is closed at once.
+                state.closing = true
+                timedOutConnections += 1
+                let bound = ShardBound(state.connection)
+                context.spawn { await bound.value.close() }
+                continue
+            }
             let message: String
             if let since = state.partialSince, now - since > limits.frameTimeout {
                 message = "a frame took longer than \(limits.frameTimeout) to arrive; closing the connection"

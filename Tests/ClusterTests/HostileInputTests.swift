@@ -233,6 +233,33 @@ import Wire
         #expect(during - before < 64 << 20, "12 frames declaring 15 MiB each raised the node's memory by \(during - before) bytes")
         partial = []
 
+        // A client that asks for answers and reads none: the answers waiting count against max_buffered_bytes, and
+        // the connection is closed once none has moved for frame_timeout.
+        let writer = try RawSocket(port: cluster.serverPorts[0])
+        var create = Elasticstream_V1_CreateRangeRequest()
+        create.range.streamID = 77
+        #expect(writer.send(requestFrame(.createRange, id: 1, create)) && errorCode(writer.nextFrame(within: 5)) == .ok)
+        var append = Elasticstream_V1_AppendRequest()
+        append.streamID = 77
+        let big = try RecordBatch(streamID: 77, rangeIndex: 0, baseOffset: 0, baseTimestamp: 0,
+                                  records: [Record(timestamp: 0, value: [UInt8](repeating: 9, count: 900_000))]).encoded()
+        #expect(writer.send(requestFrame(.append, id: 2, append, payload: big)) && errorCode(writer.nextFrame(within: 5)) == .ok)
+        let unread = before == 0 ? 0 : (residentBytes(pid) ?? 0)
+        let deaf = try RawSocket(port: cluster.serverPorts[0])
+        var fetch = Elasticstream_V1_FetchRequest()
+        fetch.streamID = 77
+        fetch.maxBytes = 1 << 20
+        for id in 1...120 { _ = deaf.send(requestFrame(.fetch, id: UInt64(id), fetch)) }
+        var peakDeaf = 0
+        for _ in 0..<150 {
+            peakDeaf = max(peakDeaf, residentBytes(pid) ?? 0)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let grown = peakDeaf - unread
+        let deafAnswer = deaf.drain(within: 15)
+        #expect(deafAnswer.closed, "a client reading no answers was not closed (\(deafAnswer.frames.count) frames read)")
+        #expect(grown < 40 << 20, "120 unread answers of 900 KB raised the node's memory by \(grown) bytes")
+
         // Raft messages only on the peer port, and client operations only on the client port.
         let clientPort = try RawSocket(port: cluster.pdPorts[0])
         clientPort.send(Frame(operation: .raftMessage, requestID: 3, header: [], payload: [1, 2, 3]))
