@@ -91,6 +91,9 @@ public final class FrameServer {
 
     public var connectionCount: Int { served.count }
 
+    /// Bytes every request being served counts for besides its own: its task and continuation.
+    public static let requestOverhead = 4_096
+
     public func start() {
         let bound = ShardBound(self)
         acceptTask = context.spawn { await bound.value.acceptLoop() }
@@ -214,8 +217,9 @@ public final class FrameServer {
             connection.send(Frame(errorTo: frame, status: Self.status(.shuttingDown, "the server is stopping")))
             return
         }
-        // What serving it may hold: the request, and for a request with a large answer (FETCH), that answer.
-        let size = max(frame.encodedSize, cost(frame))
+        // What serving it may hold: the request, for a request with a large answer (FETCH) that answer, and the
+        // task that serves it (so that many tiny requests waiting cannot hold unbounded memory either).
+        let size = max(frame.encodedSize, cost(frame)) + Self.requestOverhead
         guard state.requests < limits.maxRequestsPerConnection, state.bytes + size <= limits.maxBytesPerConnection
         else {
             connection.send(Frame(errorTo: frame, status: Self.status(.tooManyRequests,
