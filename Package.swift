@@ -126,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ReactorTests",
-            dependencies: ["Reactor", "Platform", "CSupport"],
+            dependencies: ["Reactor", "Platform", "CSupport", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         // libFuzzer targets (Tests/Fuzz/run.sh builds them with -sanitize=fuzzer); a plain build makes replayers.

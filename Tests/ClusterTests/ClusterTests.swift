@@ -776,8 +776,9 @@ extension ClusterTests {
     /// A data directory written with one shard count is refused with another (its replicas would sit on the wrong
     /// shards); the first start records the count.
     @Test func aDataDirectoryKeepsItsShardCount() throws {
-        let directory = "/var/tmp/es-shards-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let parent = try makeTemporaryDirectory("es-shards")
+        let directory = "\(parent)/server"
+        defer { try? FileManager.default.removeItem(atPath: parent) }
         try checkShardCount(2, in: directory)
         try checkShardCount(2, in: directory)
         do {

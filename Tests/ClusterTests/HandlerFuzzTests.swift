@@ -44,8 +44,7 @@ import Wire
         let seed = Self.seed
         let iterations = Self.iterations
         print("HandlerFuzzTests range server: ES_FUZZ_SEED=\(seed) ES_FUZZ_ITERATIONS=\(iterations)")
-        let directory = "\(ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp")/es-fuzz-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("es-fuzz")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let reactor = try Reactor(configuration: .testing(shards: 1))
         defer { reactor.shutdown() }
@@ -86,8 +85,7 @@ import Wire
         let seed = Self.seed
         let iterations = Self.iterations
         print("HandlerFuzzTests placement driver: ES_FUZZ_SEED=\(seed) ES_FUZZ_ITERATIONS=\(iterations)")
-        let directory = "\(ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp")/es-fuzz-pd-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("es-fuzz-pd")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
             let reactor = try Reactor(configuration: .testing(shards: 1))

@@ -36,9 +36,7 @@ final class NodeCluster: @unchecked Sendable {
         self.nodes = nodes
         self.shards = shards
         self.writerLease = writerLease
-        let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
-        directory = "\(parent)/es-nodes-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        directory = try makeTemporaryDirectory("es-nodes")
         // Below Linux's ephemeral ports (32768 and up), so that no outgoing connection can hold a node's port.
         let base = 12_000 + Int(getpid() % 500) * 20
         pdPorts = (0..<nodes).map { UInt16(base + 1 + $0) }

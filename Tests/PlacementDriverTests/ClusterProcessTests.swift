@@ -125,9 +125,7 @@ struct ClientBox: @unchecked Sendable {
     @Test func threeMembersSurviveTheLossOfTheLeader() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: serverPath()),
                      "build the server first (swift build builds it): \(serverPath())")
-        let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
-        let directory = "\(parent)/es-cluster-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("es-cluster")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let cluster = ProcessCluster(directory: directory)
         defer { cluster.stopAll() }

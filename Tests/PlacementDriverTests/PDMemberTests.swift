@@ -4,16 +4,10 @@ import Platform
 import Raft
 import Reactor
 import SwiftProtobuf
+import TestSupport
 import Testing
 import Wire
 
-func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
-    let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
-    let path = "\(parent)/es-pd-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(atPath: path) }
-    return try await body(path)
-}
 
 /// Carries a shard-bound member into closures that run on its shard.
 struct MemberBox: @unchecked Sendable {

@@ -1,4 +1,5 @@
 import PlacementDriver
+import TestSupport
 import Testing
 import Wire
 

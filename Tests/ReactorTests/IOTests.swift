@@ -1,6 +1,7 @@
 import CSupport
 import Foundation
 import Platform
+import TestSupport
 import Testing
 @testable import Reactor
 

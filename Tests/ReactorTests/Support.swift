@@ -2,6 +2,7 @@ import CSupport
 import Foundation
 import Platform
 @testable import Reactor
+import TestSupport
 
 import Testing
 
@@ -16,16 +17,6 @@ func withReactor<T>(
     let reactor = try Reactor(configuration: configuration)
     defer { reactor.shutdown() }
     return try await body(reactor)
-}
-
-/// A fresh directory, removed afterwards. O_DIRECT needs a disk-backed file system (tmpfs refuses it), so it goes
-/// under `ES_TEST_DIR` if set, else /var/tmp, which is on disk where /tmp may be tmpfs.
-func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
-    let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
-    let path = "\(parent)/es-test-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(atPath: path) }
-    return try await body(path)
 }
 
 /// Threads of this process, from /proc/self/task.

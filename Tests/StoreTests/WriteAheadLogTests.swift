@@ -8,11 +8,7 @@ import Testing
 
 /// A fresh directory on disk (O_DIRECT needs one), removed afterwards.
 func withDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
-    let parent = ProcessInfo.processInfo.environment["ES_TEST_DIR"] ?? "/var/tmp"
-    let path = "\(parent)/es-wal-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(atPath: path) }
-    return try await body(path)
+    try await withTemporaryDirectory("es-wal", body)
 }
 
 func smallLog(_ directory: String) -> WALConfiguration {

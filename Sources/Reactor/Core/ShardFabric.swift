@@ -1,3 +1,4 @@
+import CSupport
 import Synchronization
 
 /// The shards of one reactor and the channels between them: `shardCount * shardCount` single-producer
@@ -65,8 +66,28 @@ final class ShardFabric: @unchecked Sendable {
 
 /// A shard-bound value carried through a closure that the compiler must treat as Sendable (a cancellation handler, a
 /// task or call started on the same shard) but that only ever touches the value on the value's shard
-/// (`Shard.post`, `ShardContext.spawn`, `Reactor.run`).
+/// (`Shard.post`, `ShardContext.spawn`, `Reactor.run`). In debug builds, a value made on a shard checks that it is
+/// read on that shard (as swift-nio's `NIOLoopBound` checks its event loop); one made off every shard (a test's
+/// main thread) is not checked.
 public struct ShardBound<Value>: @unchecked Sendable {
+    #if DEBUG
+    private let wrapped: Value
+    private let owner: UnsafeMutableRawPointer?
+
+    public var value: Value {
+        if let owner {
+            precondition(cs_current_shard_object() == owner,
+                         "a ShardBound value made on one shard is used on another thread (shard \(cs_current_shard()))")
+        }
+        return wrapped
+    }
+
+    public init(_ value: Value) {
+        wrapped = value
+        owner = cs_current_shard_object()
+    }
+    #else
     public let value: Value
     public init(_ value: Value) { self.value = value }
+    #endif
 }
