@@ -24,7 +24,7 @@ struct Global: ParsableArguments {
 }
 
 /// Runs `body` with a client on a one-shard reactor; a `ClientError` becomes a clear message and exit status 1.
-func withClient(_ global: Global, _ body: @escaping @Sendable (ClientBox) async throws -> Void) async throws {
+func withClient(_ global: Global, _ body: @escaping @Sendable (ShardBound<ElasticStreamClient>) async throws -> Void) async throws {
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = global.verbose ? .info : .error
@@ -41,7 +41,7 @@ func withClient(_ global: Global, _ body: @escaping @Sendable (ClientBox) async 
         // A writer gives up placing a range (too few servers, no leader) within the same time.
         configuration.failoverTimeout = .milliseconds(Int64(timeout * 1000))
         let client = ElasticStreamClient(pd: addresses, on: context, configuration: configuration)
-        let box = ClientBox(client)
+        let box = ShardBound(client)
         var failure: String?
         do {
             try await body(box)
@@ -58,12 +58,6 @@ func withClient(_ global: Global, _ body: @escaping @Sendable (ClientBox) async 
         FileHandle.standardError.write(Data("esctl: \(failure)\n".utf8))
         throw ExitCode(1)
     }
-}
-
-/// Carries the shard-bound client into the command's body (used only on its shard).
-final class ClientBox: @unchecked Sendable {
-    let client: ElasticStreamClient
-    init(_ client: ElasticStreamClient) { self.client = client }
 }
 
 /// Written at once (not buffered): `tail` is often piped and interrupted.
@@ -131,7 +125,7 @@ struct Cluster: AsyncParsableCommand {
         func run() async throws {
             let json = global.json
             try await withClient(global) { box in
-                let cluster = try await box.client.describeCluster()
+                let cluster = try await box.value.describeCluster()
                 if json {
                     printJSON([
                         "leader_id": cluster.leaderID,
@@ -175,7 +169,7 @@ struct StreamCommand: AsyncParsableCommand {
             let replicas = replicas
             let ack = ack ?? replicas / 2 + 1
             try await withClient(global) { box in
-                let stream = try await box.client.createStream(replicas: replicas, ackCount: ack)
+                let stream = try await box.value.createStream(replicas: replicas, ackCount: ack)
                 if json { printJSON(describe(stream)) } else { print(stream.streamID) }
             }
         }
@@ -190,8 +184,8 @@ struct StreamCommand: AsyncParsableCommand {
             let json = global.json
             let id = id
             try await withClient(global) { box in
-                let stream = try await box.client.describeStream(id)
-                let ranges = try await box.client.ranges(of: id)
+                let stream = try await box.value.describeStream(id)
+                let ranges = try await box.value.ranges(of: id)
                 if json {
                     var entry = describe(stream)
                     entry["ranges"] = ranges.map(describe)
@@ -211,7 +205,7 @@ struct StreamCommand: AsyncParsableCommand {
         func run() async throws {
             let json = global.json
             try await withClient(global) { box in
-                let streams = try await box.client.listStreams()
+                let streams = try await box.value.listStreams()
                 if json {
                     printJSON(streams.map(describe))
                 } else {
@@ -233,7 +227,7 @@ struct StreamCommand: AsyncParsableCommand {
             let json = global.json
             let id = id
             try await withClient(global) { box in
-                try await box.client.deleteStream(id)
+                try await box.value.deleteStream(id)
                 if json { printJSON(["stream_id": id, "deleted": true]) } else { print("deleted stream \(id)") }
             }
         }
@@ -253,7 +247,7 @@ struct RangeCommand: AsyncParsableCommand {
             let json = global.json
             let id = stream
             try await withClient(global) { box in
-                let ranges = try await box.client.ranges(of: id)
+                let ranges = try await box.value.ranges(of: id)
                 if json {
                     printJSON(ranges.map(describe))
                 } else {
@@ -295,7 +289,7 @@ struct Append: AsyncParsableCommand {
         let id = stream
         let size = batch
         try await withClient(global) { box in
-            let writer = try await box.client.openStream(id)
+            let writer = try await box.value.openStream(id)
             var first: UInt64?
             var count = 0
             var index = 0
@@ -338,7 +332,7 @@ struct Read: AsyncParsableCommand {
             var next = start
             var printed = 0
             while printed < limit {
-                let records = try await box.client.read(stream: id, from: next)
+                let records = try await box.value.read(stream: id, from: next)
                 if records.isEmpty { break }
                 for record in records where printed < limit {
                     show(record, json: json)
@@ -365,7 +359,7 @@ struct Tail: AsyncParsableCommand {
         let limit = count ?? .max
         try await withClient(global) { box in
             var printed = 0
-            for try await record in box.client.tail(stream: id, from: start) {
+            for try await record in box.value.tail(stream: id, from: start) {
                 show(record, json: json)
                 printed += 1
                 if printed >= limit { break }
