@@ -446,6 +446,8 @@ public final class StreamWriter {
         guard confirmed.count >= ackCount else { return }
         let end = confirmed[ackCount - 1]
         if end > acknowledgedEnd { acknowledgedEnd = end }
+        // Invariant: nothing is acknowledged that was not sent (confirmed ends are clamped to the next offset).
+        assert(acknowledgedEnd <= nextOffset, "acknowledged end \(acknowledgedEnd) past the next offset \(nextOffset)")
         while head < entries.count, entries[head].end <= acknowledgedEnd {
             let entry = entries[head]
             inFlightBytes -= entry.bytes.count

@@ -196,6 +196,21 @@ public struct PDStateMachine: Sendable {
         return .stream(stream)
     }
 
+    /// Debug builds check the invariants of a stream's ranges where a change can break them (the last two ranges,
+    /// so that the check costs the same at any length): indexes follow each other, only the last range may be open,
+    /// a sealed range ends at or after its start, and a range starts where the one before it was sealed.
+    private func assertRangesFollowEachOther(_ stream: UInt64) {
+        #if DEBUG
+        guard let list = ranges[stream], let last = list.last else { return }
+        assert(!last.sealed || last.endOffset >= last.startOffset, "a sealed range ends before its start")
+        guard list.count >= 2 else { return }
+        let previous = list[list.count - 2]
+        assert(previous.index &+ 1 == last.index, "range indexes of stream \(stream) do not follow each other")
+        assert(previous.sealed, "range \(previous.index) of stream \(stream) is open but not the last")
+        assert(last.startOffset == previous.endOffset, "range \(last.index) does not start where \(previous.index) ends")
+        #endif
+    }
+
     /// The stream, if it exists and is not deleted.
     private func liveStream(_ id: UInt64) throws -> StreamRecord {
         guard let stream = streams[id] else { throw PDError(.streamNotFound, "no stream \(id)") }
@@ -221,6 +236,7 @@ public struct PDStateMachine: Sendable {
             throw PDError(.invalidArgument, "stream \(id) is at epoch \(current), the largest there is: it takes no new writer")
         }
         stream.epoch = current + 1
+        assert(stream.epoch > epoch && stream.epoch > streams[id]!.epoch, "an epoch went down")
         streams[id] = stream
         record(.watchModified) { $0.stream = stream }
         // Only the last range: the new writer seals it (if open) and starts the next. A stream may have hundreds of
@@ -303,6 +319,7 @@ public struct PDStateMachine: Sendable {
         range.servers = try place(count: Int(stream.replicaCount), atLeast: Int(stream.ackCount), avoiding: failed,
                                   now: now)
         ranges[stream.streamID, default: []].append(range)
+        assertRangesFollowEachOther(stream.streamID)
         record(.watchAdded) { $0.range = range }
         return .range(range)
     }
@@ -348,6 +365,7 @@ public struct PDStateMachine: Sendable {
         range.sealed = true
         range.endOffset = requested.endOffset
         ranges[stream.streamID]![position] = range
+        assertRangesFollowEachOther(stream.streamID)
         record(.watchModified) { $0.range = range }
         return .range(range)
     }

@@ -30,6 +30,10 @@ public enum ReplicaQuorum {
               ends.count <= replicaCount
         else { return nil }
         let sorted = ends.sorted(by: >)
-        return sorted[ackCount - replicaCount + ends.count - 1]
+        let end = sorted[ackCount - replicaCount + ends.count - 1]
+        // Invariant: at least a − (r − s) of the answers are at or past the end (so every acknowledged record, held
+        // by a replicas, is below it), and no answer is ignored from above: the end is one of the answers.
+        assert(ends.filter { $0 >= end }.count >= ackCount - (replicaCount - ends.count) && ends.contains(end))
+        return end
     }
 }
