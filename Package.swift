@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "Store", targets: ["Store"]),
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
+        .library(name: "PlacementDriverClient", targets: ["PlacementDriverClient"]),
         .library(name: "Transport", targets: ["Transport"]),
         .library(name: "RangeServer", targets: ["RangeServer"]),
         .library(name: "Client", targets: ["Client"]),
@@ -83,8 +84,13 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         // The placement driver's replicated state machine (streams, ranges, servers, objects, ids) on Raft.
+        // The client side of the placement driver protocol: what the SDK needs, without the state machine or Raft.
+        .target(name: "PlacementDriverClient",
+                dependencies: ["Wire", "Transport", "Reactor", "Platform",
+                               .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                swiftSettings: swiftSettings),
         .target(name: "PlacementDriver",
-                dependencies: ["Raft", "Wire", "Transport", "Reactor", "Platform", "CSupport",
+                dependencies: ["PlacementDriverClient", "Raft", "Wire", "Transport", "Reactor", "Platform", "CSupport",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "TOMLKit", package: "TOMLKit")],
@@ -98,7 +104,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         // The client SDK: streams, chasing write, failover, reads that span ranges.
         .target(name: "Client",
-                dependencies: ["Records", "Wire", "Transport", "PlacementDriver", "Reactor", "Platform",
+                dependencies: ["Records", "Wire", "Transport", "PlacementDriverClient", "Reactor", "Platform",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                 swiftSettings: swiftSettings),
         // The server process: reactor, embedded placement driver member, range server.
@@ -108,7 +114,7 @@ let package = Package(
                           swiftSettings: swiftSettings),
         // The command-line tool.
         .executableTarget(name: "esctl",
-                          dependencies: ["Client", "PlacementDriver", "Records", "Wire", "Reactor",
+                          dependencies: ["Client", "PlacementDriverClient", "Records", "Wire", "Reactor",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: swiftSettings),

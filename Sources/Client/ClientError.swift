@@ -1,4 +1,4 @@
-import PlacementDriver
+import PlacementDriverClient
 import Transport
 import Wire
 

@@ -1,4 +1,4 @@
-import PlacementDriver
+import PlacementDriverClient
 import Platform
 import Reactor
 import Records

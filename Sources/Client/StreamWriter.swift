@@ -1,5 +1,5 @@
 import Logging
-import PlacementDriver
+import PlacementDriverClient
 import Platform
 import Reactor
 import Records

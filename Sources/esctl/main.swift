@@ -5,7 +5,7 @@ import ArgumentParser
 import Client
 import Foundation
 import Logging
-import PlacementDriver
+import PlacementDriverClient
 import Reactor
 import Records
 import Wire
