@@ -84,23 +84,25 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         // The placement driver's replicated state machine (streams, ranges, servers, objects, ids) on Raft.
+        // The one reader of the configuration files (TOML) and its value grammar, and the [reactor] table.
+        .target(name: "Configuration",
+                dependencies: ["Reactor", "Transport", .product(name: "TOMLKit", package: "TOMLKit")],
+                swiftSettings: swiftSettings),
         // The client side of the placement driver protocol: what the SDK needs, without the state machine or Raft.
         .target(name: "PlacementDriverClient",
                 dependencies: ["Wire", "Transport", "Reactor", "Platform",
                                .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                 swiftSettings: swiftSettings),
         .target(name: "PlacementDriver",
-                dependencies: ["PlacementDriverClient", "Raft", "Wire", "Transport", "Reactor", "Platform", "CSupport",
-                               .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                               .product(name: "Logging", package: "swift-log"),
-                               .product(name: "TOMLKit", package: "TOMLKit")],
+                dependencies: ["PlacementDriverClient", "Configuration", "Raft", "Wire", "Transport", "Reactor", "Platform",
+                               "CSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         // The range server: range replicas on the shard that owns each, served over the wire protocol.
         .target(name: "RangeServer",
-                dependencies: ["Store", "Records", "Wire", "Transport", "PlacementDriver", "Reactor", "Platform", "CSupport",
-                               .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                               .product(name: "Logging", package: "swift-log"),
-                               .product(name: "TOMLKit", package: "TOMLKit")],
+                dependencies: ["Store", "Records", "Wire", "Transport", "PlacementDriver", "Configuration", "Reactor",
+                               "Platform", "CSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                               .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
         // The client SDK: streams, chasing write, failover, reads that span ranges.
         .target(name: "Client",
@@ -109,7 +111,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         // The server process: reactor, embedded placement driver member, range server.
         .executableTarget(name: "elastic-stream",
-                          dependencies: ["PlacementDriver", "RangeServer", "Raft", "Reactor",
+                          dependencies: ["PlacementDriver", "RangeServer", "Configuration", "Raft", "Reactor",
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: swiftSettings),
         // The command-line tool.
@@ -125,14 +127,14 @@ let package = Package(
         .target(name: "MallocCounter", path: "Perf/MallocCounter", cSettings: [.unsafeFlags(["-O2"])]),
         .executableTarget(
             name: "es-perf",
-            dependencies: ["Reactor", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire", "Store",
+            dependencies: ["Reactor", "Configuration", "Platform", "CSupport", "CBaselines", "MallocCounter", "Records", "Wire", "Store",
                            "PlacementDriver", "Client"],
             path: "Perf/es-perf",
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ReactorTests",
-            dependencies: ["Reactor", "Platform", "CSupport", "TestSupport"],
+            dependencies: ["Reactor", "Configuration", "Platform", "CSupport", "TestSupport"],
             swiftSettings: swiftSettings
         ),
         // libFuzzer targets (Tests/Fuzz/run.sh builds them with -sanitize=fuzzer); a plain build makes replayers.

@@ -3,6 +3,7 @@ import CSupport
 import Foundation
 import Platform
 import Reactor
+import Configuration
 
 /// `es-perf reactor`: the cost of the reactor's primitives beside what the hardware and liburing give alone.
 struct ReactorSuite: FigureSuite {

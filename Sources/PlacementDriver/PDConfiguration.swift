@@ -1,11 +1,11 @@
 import Foundation
 import Raft
-import TOMLKit
+import Configuration
 import Transport
 
-/// The `[pd]` table of a configuration file in `Config/`, read with TOMLKit (the whole file must be valid TOML).
-/// Durations are strings such as "50ms". Unknown keys and bad values are errors that name the file, the table, the
-/// key and the problem; a syntax error names the line.
+/// The `[pd]` table of a configuration file in `Config/`, read with `ConfigurationFile` (the whole file must be valid
+/// TOML). Durations are strings such as "50ms". Unknown keys and bad values are errors that name the file, the table,
+/// the key and the problem; a syntax error names the line.
 public struct PDConfiguration: Sendable, Hashable {
     /// This member's id in the group.
     public var memberID: NodeID = 1
@@ -28,45 +28,33 @@ public struct PDConfiguration: Sendable, Hashable {
 
     public var ownAddress: MemberAddress? { members.first { $0.id == memberID } }
 
-    public struct Invalid: Error, CustomStringConvertible, Sendable {
-        public let description: String
-        public init(description: String) { self.description = description }
-    }
+    public typealias Invalid = ConfigurationError
 
+    /// The `[pd]` table of a configuration file (`ConfigurationFile`); the defaults without one.
     public init(configurationText text: String, file: String = "<text>") throws(Invalid) {
         self.init()
-        let document: TOMLTable
-        do {
-            document = try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw Invalid(description: "\(file):\(error.source.begin.line): \(error.description)")
-        } catch {
-            throw Invalid(description: "\(file): \(error)")
-        }
         var sawMembers = false
-        if let value = document["pd"] {
-            guard let table = value.table else { throw Invalid(description: "\(file): [pd] must be a table") }
-            for key in table.keys.sorted() {
-                let value = table[key]!
-                let place = "\(file): [pd] \(key)"
+        if let table = try ConfigurationFile(text: text, file: file).table("pd") {
+            for key in table.keys {
                 switch key {
-                case "member_id": memberID = NodeID(try Self.integer(value, place, in: 1...Int(Int32.max)))
-                case "data_dir": dataDirectory = try Self.string(value, place)
+                case "member_id": memberID = NodeID(try table.integer(key, in: 1...Int(Int32.max)))
+                case "data_dir": dataDirectory = try table.string(key)
                 case "members":
-                    guard let array = value.array, !array.isEmpty else {
-                        throw Invalid(description: "\(place) must be a non-empty array of \"id=host:port\" strings")
+                    let items = try table.strings(key)
+                    guard !items.isEmpty else {
+                        throw table.error(key, "must be a non-empty array of \"id=host:port:peer_port\" strings")
                     }
                     var parsed: [MemberAddress] = []
-                    for item in array { parsed.append(try Self.member(try Self.string(item, place), place)) }
+                    for item in items { parsed.append(try Self.member(item, table.place(key))) }
                     members = parsed
                     sawMembers = true
-                case "tick": tick = try Self.duration(value, place)
-                case "election_ticks": electionTicks = try Self.integer(value, place, in: 2...10_000)
-                case "heartbeat_ticks": heartbeatTicks = try Self.integer(value, place, in: 1...10_000)
-                case "server_heartbeat_timeout": serverHeartbeatTimeout = try Self.duration(value, place)
-                case "snapshot_every": snapshotEvery = UInt64(try Self.integer(value, place, in: 10...100_000_000))
-                case _ where try Self.connectionKey(key, value, place, into: &connectionLimits): break
-                default: throw Invalid(description: "\(file): unknown key '\(key)' in [pd]")
+                case "tick": tick = try table.duration(key)
+                case "election_ticks": electionTicks = try table.integer(key, in: 2...10_000)
+                case "heartbeat_ticks": heartbeatTicks = try table.integer(key, in: 1...10_000)
+                case "server_heartbeat_timeout": serverHeartbeatTimeout = try table.duration(key)
+                case "snapshot_every": snapshotEvery = UInt64(try table.integer(key, in: 10...100_000_000))
+                case _ where try connectionLimits.read(key, from: table): break
+                default: throw table.unknown(key)
                 }
             }
         }
@@ -84,40 +72,6 @@ public struct PDConfiguration: Sendable, Hashable {
         guard ownAddress != nil else {
             throw Invalid(description: "\(file): [pd] member_id \(memberID) is not among members \(members.map(\.id))")
         }
-    }
-
-    /// Reads `key` into `limits` when it is one of the connection keys shared by [server] and [pd]; false when it is
-    /// not one of them.
-    public static func connectionKey(_ key: String, _ value: TOMLValueConvertible, _ place: String,
-                                     into limits: inout ConnectionLimits) throws(Invalid) -> Bool {
-        switch key {
-        case "max_connections": limits.maxConnections = try integer(value, place, in: 1...1_000_000)
-        case "max_buffered_bytes": limits.maxBufferedBytes = try integer(value, place, in: (1 << 20)...(1 << 40))
-        case "max_requests_per_connection": limits.maxRequestsPerConnection = try integer(value, place, in: 1...1_000_000)
-        case "max_bytes_per_connection":
-            limits.maxBytesPerConnection = try integer(value, place, in: (1 << 20)...(1 << 34))
-        case "idle_timeout": limits.idleTimeout = try duration(value, place)
-        case "frame_timeout": limits.frameTimeout = try duration(value, place)
-        default: return false
-        }
-        return true
-    }
-
-    /// Shared with the other tables of a configuration file.
-    public static func integer(_ value: TOMLValueConvertible, _ place: String, in range: ClosedRange<Int>)
-        throws(Invalid) -> Int
-    {
-        guard let number = value.int, range.contains(number) else {
-            throw Invalid(description: "\(place) must be an integer in \(range), not \(value.debugDescription)")
-        }
-        return number
-    }
-
-    public static func string(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> String {
-        guard let text = value.string else {
-            throw Invalid(description: "\(place) must be a quoted string, not \(value.debugDescription)")
-        }
-        return text
     }
 
     private static func member(_ item: String, _ place: String) throws(Invalid) -> MemberAddress {
@@ -140,18 +94,5 @@ public struct PDConfiguration: Sendable, Hashable {
                           + "(\"id=host:port:peer_port\")")
         }
         return MemberAddress(id: id, host: String(address[0]), port: port, peerPort: peerPort)
-    }
-
-    public static func duration(_ value: TOMLValueConvertible, _ place: String) throws(Invalid) -> Duration {
-        let body = value.string ?? ""
-        let units: [(String, Int64)] = [("ms", 1_000_000), ("us", 1_000), ("s", 1_000_000_000)]
-        for (suffix, nanoseconds) in units where body.hasSuffix(suffix) {
-            if let number = Int64(body.dropLast(suffix.count)), number > 0 {
-                let (product, overflow) = number.multipliedReportingOverflow(by: nanoseconds)
-                guard !overflow else { throw Invalid(description: "\(place) is too long: \(body)") }
-                return .nanoseconds(product)
-            }
-        }
-        throw Invalid(description: "\(place) must be a quoted positive duration such as \"50ms\", not \(value.debugDescription)")
     }
 }

@@ -1,7 +1,6 @@
 import Foundation
-import PlacementDriver
+import Configuration
 import Store
-import TOMLKit
 import Transport
 
 /// The `[server]` table of a configuration file: where the range server listens, keeps its data, and how it bounds
@@ -48,65 +47,49 @@ public struct RangeServerConfiguration: Sendable, Hashable {
 
     public init() {}
 
-    public typealias Invalid = PDConfiguration.Invalid
+    public typealias Invalid = ConfigurationError
 
+    /// The `[server]` table of a configuration file (`ConfigurationFile`); the defaults without one.
     public init(configurationText text: String, file: String = "<text>") throws(Invalid) {
         self.init()
-        let document: TOMLTable
-        do {
-            document = try TOMLTable(string: text)
-        } catch {
-            throw Invalid(description: "\(file): \(error)")
-        }
-        guard let value = document["server"] else { return }
-        guard let table = value.table else { throw Invalid(description: "\(file): [server] must be a table") }
-        for key in table.keys.sorted() {
-            let value = table[key]!
-            let place = "\(file): [server] \(key)"
+        guard let table = try ConfigurationFile(text: text, file: file).table("server") else { return }
+        for key in table.keys {
             switch key {
-            case "host": host = try PDConfiguration.string(value, place)
-            case "port": port = UInt16(try PDConfiguration.integer(value, place, in: 1...65_000))
-            case "data_dir": dataDirectory = try PDConfiguration.string(value, place)
+            case "host": host = try table.string(key)
+            case "port": port = UInt16(try table.integer(key, in: 1...65_000))
+            case "data_dir": dataDirectory = try table.string(key)
             case "pd":
-                guard let array = value.array else {
-                    throw Invalid(description: "\(place) must be an array of \"host:port\" strings")
-                }
-                var addresses: [String] = []
-                for item in array {
-                    let address = try PDConfiguration.string(item, place)
+                let addresses = try table.strings(key)
+                for address in addresses {
                     let parts = address.split(separator: ":")
                     guard parts.count == 2, UInt16(parts[1]) != nil else {
-                        throw Invalid(description: "\(place) holds '\(address)', not \"host:port\"")
+                        throw table.error(key, "holds '\(address)', not \"host:port\"")
                     }
-                    addresses.append(address)
                 }
                 placementDriver = addresses
-            case "heartbeat_interval": heartbeatInterval = try PDConfiguration.duration(value, place)
-            case "reconcile_interval": reconcileInterval = try PDConfiguration.duration(value, place)
-            case "writer_lease": writerLease = try PDConfiguration.duration(value, place)
-            case "segment_bytes": segmentBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 34))
-            case "cache_bytes": cacheBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 36))
+            case "heartbeat_interval": heartbeatInterval = try table.duration(key)
+            case "reconcile_interval": reconcileInterval = try table.duration(key)
+            case "writer_lease": writerLease = try table.duration(key)
+            case "segment_bytes": segmentBytes = try table.integer(key, in: (2 << 20)...(1 << 34))
+            case "cache_bytes": cacheBytes = try table.integer(key, in: 0...(1 << 36))
             case "wal_durability":
-                let text = try PDConfiguration.string(value, place)
+                let text = try table.string(key)
                 guard let durability = WALConfiguration.Durability(rawValue: text) else {
-                    throw Invalid(description: "\(place) must be \"fdatasync\" or \"dsync-write\", not \"\(text)\"")
+                    throw table.error(key, "must be \"fdatasync\" or \"dsync-write\", not \"\(text)\"")
                 }
                 walDurability = durability
             case "wal_max_flush_bytes":
-                walMaxFlushBytes = try PDConfiguration.integer(value, place, in: (1 << 20)...(64 << 20))
-                guard walMaxFlushBytes % 4096 == 0 else {
-                    throw Invalid(description: "\(place) must be a multiple of 4096")
-                }
-            case "checkpoint_interval_bytes":
-                checkpointIntervalBytes = try PDConfiguration.integer(value, place, in: 0...(1 << 40))
-            case _ where try PDConfiguration.connectionKey(key, value, place, into: &connectionLimits): break
-            case "max_frame_bytes": maxFrameBytes = try PDConfiguration.integer(value, place, in: (2 << 20)...(1 << 30))
-            case "drain_timeout": drainTimeout = try PDConfiguration.duration(value, place)
-            case "max_fetch_wait": maxFetchWait = try PDConfiguration.duration(value, place)
-            default: throw Invalid(description: "\(file): unknown key '\(key)' in [server]")
+                walMaxFlushBytes = try table.integer(key, in: (1 << 20)...(64 << 20))
+                guard walMaxFlushBytes % 4096 == 0 else { throw table.error(key, "must be a multiple of 4096") }
+            case "checkpoint_interval_bytes": checkpointIntervalBytes = try table.integer(key, in: 0...(1 << 40))
+            case _ where try connectionLimits.read(key, from: table): break
+            case "max_frame_bytes": maxFrameBytes = try table.integer(key, in: (2 << 20)...(1 << 30))
+            case "drain_timeout": drainTimeout = try table.duration(key)
+            case "max_fetch_wait": maxFetchWait = try table.duration(key)
+            default: throw table.unknown(key)
             }
         }
-        guard segmentBytes % 4096 == 0 else { throw Invalid(description: "\(file): [server] segment_bytes must be a multiple of 4096") }
+        guard segmentBytes % 4096 == 0 else { throw table.error("segment_bytes", "must be a multiple of 4096") }
     }
 
     /// The address of shard `index`.

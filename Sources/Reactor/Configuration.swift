@@ -66,7 +66,7 @@ public struct ReactorConfiguration: Sendable {
             bufferCount: 16, bufferSizeBytes: 64 * 1024, useHugePages: false, drainTimeout: .milliseconds(500))
     }
 
-    func validate() throws(ReactorError) {
+    public func validate() throws(ReactorError) {
         func require(_ ok: Bool, _ why: String) throws(ReactorError) {
             if !ok { throw ReactorError.invalidConfiguration(why) }
         }

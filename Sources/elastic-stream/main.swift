@@ -7,6 +7,7 @@
 import Dispatch
 import Foundation
 import Logging
+import Configuration
 import PlacementDriver
 import Raft
 import RangeServer

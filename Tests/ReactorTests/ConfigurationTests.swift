@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Reactor
+import Configuration
 
 extension Serialized {
 @Suite struct ConfigurationTests {
@@ -25,15 +26,19 @@ extension Serialized {
         }
     }
 
-    @Test func badValuesAreRefusedWithTheLine() {
+    /// Mistakes name the file and the key (a syntax error: the file and the line), read by the one configuration
+    /// reader every table shares.
+    @Test func badValuesAreRefusedByName() {
         let cases: [(String, String)] = [
             ("[reactor]\nring_entries = 100\n", "power of two"),
-            ("[reactor]\npoll_duration = 5\n", "t.toml:2"),
+            ("[reactor]\npoll_duration = 5\n", "t.toml: [reactor] poll_duration"),
             ("[reactor]\npoll_duration = \"5 fortnights\"\n", "poll_duration"),
-            ("[reactor]\ncpus = [0, x]\n", "'x'"),
-            ("[reactor]\npin_threads = yes\n", "true or false"),
+            ("[reactor]\ncpus = [0, -1]\n", "[reactor] cpus"),
+            ("[reactor]\ncpus = [0, x]\n", "t.toml:2"),
+            ("[reactor]\npin_threads = \"yes\"\n", "true or false"),
             ("[reactor]\nbufer_count = 3\n", "unknown key 'bufer_count'"),
-            ("[reactor\n", "unterminated"),
+            ("[reactor]\ndrain_timeout = \"0s\"\n", "positive duration"),
+            ("[reactor\n", "t.toml:1"),
         ]
         for (text, fragment) in cases {
             do {
@@ -42,6 +47,22 @@ extension Serialized {
             } catch {
                 #expect(error.description.contains(fragment), "\(error.description) lacks \(fragment)")
             }
+        }
+    }
+
+    /// One duration grammar for every table: ns, us, ms and s, zero only where the key allows it.
+    @Test func oneDurationGrammar() throws {
+        func poll(_ text: String) throws -> Duration {
+            try ReactorConfiguration(configurationText: "[reactor]\npoll_duration = \"\(text)\"\n").pollDuration
+        }
+        #expect(try poll("500ns") == .nanoseconds(500))
+        #expect(try poll("20us") == .microseconds(20))
+        #expect(try poll("3ms") == .milliseconds(3))
+        #expect(try poll("0us") == .zero)
+        let drain = try ReactorConfiguration(configurationText: "[reactor]\ndrain_timeout = \"2s\"\n").drainTimeout
+        #expect(drain == .seconds(2))
+        #expect(throws: ConfigurationError.self) {
+            _ = try ReactorConfiguration(configurationText: "[reactor]\npoll_duration = \"-1us\"\n")
         }
     }
 
