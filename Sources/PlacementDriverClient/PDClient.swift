@@ -19,11 +19,9 @@ public final class PDClient {
     /// Retrying a write is safe: the placement driver answers a repeat of the same call with the first result.
     public var attemptTimeout: Duration = .seconds(1)
     private var target = 0
-    private var connection: FrameConnection?
-    private var pending: [UInt64: UnsafeContinuation<Result<Frame, PDError>, Never>] = [:]
-    private var deadlines: [UInt64: Instant] = [:]
-    private var sweeping = false
-    private var nextRequestID: UInt64 = 1
+    /// One multiplexed connection per member (`RPCClient`: request ids, deadlines, reconnection, GOAWAY).
+    private var members: [String: RPCClient] = [:]
+    private var closed = false
     /// Sent with every call (and its retries), so that the placement driver applies a retried write only once.
     public let clientID = UInt64.random(in: 1...UInt64.max)
     private var nextSequence: UInt64 = 1
@@ -39,9 +37,9 @@ public final class PDClient {
     public var currentAddress: String { addresses[target] }
 
     public func close() async {
-        await connection?.close()
-        connection = nil
-        fail(PDError(.shuttingDown, "the client closed"))
+        closed = true
+        for client in members.values { await client.close() }
+        members = [:]
     }
 
     /// Sends `request` as `operation` and decodes the answer as `Response`; a refusal (other than NOT_LEADER or
@@ -114,89 +112,35 @@ public final class PDClient {
 
     private func switchTo(_ index: Int) async {
         target = index
-        await connection?.close()
-        connection = nil
     }
 
-    /// One request to the current target; a connection failure moves to the next address.
+    /// One request to the current target, within `deadline`; a member that cannot be reached moves the target to
+    /// the next address.
     private func attempt(_ operation: OperationCode, _ header: [UInt8], _ identity: [UInt8], until deadline: Instant)
         async throws(PDError) -> Frame
     {
-        let connection = try await connected()
-        let id = nextRequestID
-        nextRequestID += 1
-        let frame = Frame(operation: operation, requestID: id, header: header, payload: identity)
-        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Frame, PDError>, Never>) in
-            pending[id] = continuation
-            deadlines[id] = deadline
-            startSweeping()
-            if !connection.send(frame) {
-                resolve(id, .failure(PDError(.unknown, "the connection to \(currentAddress) is closed")))
-            }
-        }
-        return try result.get()
-    }
-
-    /// One task expires every request past its deadline, every 10 ms while any is pending (a timer per request
-    /// would cost a task and two ring requests each).
-    private func startSweeping() {
-        guard !sweeping else { return }
-        sweeping = true
-        let client = ShardBound(self)
-        context.spawn {
-            while !client.value.pending.isEmpty {
-                try? await client.value.context.sleep(for: .milliseconds(10))
-                let now = client.value.context.now
-                for (id, deadline) in client.value.deadlines where deadline <= now {
-                    client.value.resolve(id, .failure(PDError(.timeout, "no answer from \(client.value.currentAddress)")))
-                }
-            }
-            client.value.sweeping = false
-        }
-    }
-
-    private func connected() async throws(PDError) -> FrameConnection {
-        if let connection, !connection.closed { return connection }
+        guard !closed else { throw PDError(.shuttingDown, "the client closed") }
         let address = addresses[target]
-        let parts = address.split(separator: ":")
-        guard parts.count == 2, let port = UInt16(parts[1]) else {
-            throw PDError(.invalidArgument, "'\(address)' is not host:port")
+        let client: RPCClient
+        if let known = members[address] {
+            client = known
+        } else {
+            client = RPCClient(address: address, on: context)
+            members[address] = client
         }
-        do {
-            let tcp = try await context.connect(host: String(parts[0]), port: port)
-            let framed = FrameConnection(tcp, context: context)
-            connection = framed
-            let client = ShardBound((self, framed))
-            context.spawn {
-                await client.value.1.readLoop { frame in client.value.0.resolve(frame.requestID, .success(frame)) }
-                // The connection ended: whatever waits on it fails and is retried.
-                client.value.0.connectionEnded(client.value.1)
-            }
-            return framed
-        } catch {
-            target = (target + 1) % addresses.count
-            throw PDError(.unknown, "cannot connect to \(address): \(error)")
+        let result = await client.call(operation, headerBytes: header, payload: identity,
+                                       timeout: max(deadline - context.now, .milliseconds(1)), errorFrames: true)
+        switch result {
+        case .success(let frame):
+            return frame
+        case .failure(.timedOut):
+            throw PDError(.timeout, "no answer from \(address)")
+        case .failure(.malformed(let detail)):
+            throw PDError(.badRequest, detail)
+        case .failure(let error):
+            if addresses[target] == address { target = (target + 1) % addresses.count }
+            throw PDError(.unknown, "\(error)")
         }
-    }
-
-    private func connectionEnded(_ ended: FrameConnection) {
-        if connection === ended {
-            connection = nil
-            target = (target + 1) % addresses.count
-            fail(PDError(.unknown, "the connection closed"))
-        }
-    }
-
-    private func resolve(_ id: UInt64, _ result: Result<Frame, PDError>) {
-        deadlines[id] = nil
-        pending.removeValue(forKey: id)?.resume(returning: result)
-    }
-
-    private func fail(_ error: PDError) {
-        let waiting = pending
-        pending = [:]
-        deadlines = [:]
-        for (_, continuation) in waiting { continuation.resume(returning: .failure(error)) }
     }
 }
 

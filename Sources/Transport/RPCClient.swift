@@ -98,18 +98,22 @@ public final class RPCClient {
         return await call(operation, headerBytes: bytes, payload: payload, timeout: timeout)
     }
 
-    public func call(_ operation: OperationCode, headerBytes: [UInt8], payload: [UInt8], timeout: Duration) async
-        -> Result<Frame, CallError>
+    /// With `errorFrames`, an answer with the error flag comes back as `.success` too (the caller reads its whole
+    /// `Status`, a NOT_LEADER's leader address included).
+    public func call(_ operation: OperationCode, headerBytes: [UInt8], payload: [UInt8], timeout: Duration,
+                     errorFrames: Bool = false) async -> Result<Frame, CallError>
     {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Result<Frame, CallError>, Never>) in
-            send(operation, headerBytes: headerBytes, payload: payload, timeout: timeout) { continuation.resume(returning: $0) }
+            send(operation, headerBytes: headerBytes, payload: payload, timeout: timeout, errorFrames: errorFrames) {
+                continuation.resume(returning: $0)
+            }
         }
     }
 
     /// Sends one request; `completion` runs on this shard with the answer (an error frame as `.refused`), a timeout
     /// or a connection failure, exactly once. No task is made per call: the writer's hot path uses this.
     public func send(_ operation: OperationCode, headerBytes: [UInt8], payload: [UInt8], timeout: Duration,
-                     completion: @escaping (Result<Frame, CallError>) -> Void)
+                     errorFrames: Bool = false, completion: @escaping (Result<Frame, CallError>) -> Void)
     {
         let wire: [UInt8]
         do {
@@ -121,12 +125,13 @@ public final class RPCClient {
             completion(.failure(.malformed("the request does not encode: \(error)")))
             return
         }
-        send(wire: wire, timeout: timeout, completion: completion)
+        send(wire: wire, timeout: timeout, errorFrames: errorFrames, completion: completion)
     }
 
     /// Sends a request already encoded (`Frame.encodeRequest`, any request id): several servers can be sent the same
     /// bytes, each copy getting its own request id. Completion as for `send`.
-    public func send(wire: [UInt8], timeout: Duration, completion: @escaping (Result<Frame, CallError>) -> Void) {
+    public func send(wire: [UInt8], timeout: Duration, errorFrames: Bool = false,
+                     completion: @escaping (Result<Frame, CallError>) -> Void) {
         guard !closedForGood else {
             completion(.failure(.unreachable(address: address, detail: "the client is closed")))
             return
@@ -135,7 +140,7 @@ public final class RPCClient {
         nextRequestID += 1
         pending[id] = Call(callback: { result in
             switch result {
-            case .success(let answer) where answer.flags.contains(.error):
+            case .success(let answer) where answer.flags.contains(.error) && !errorFrames:
                 let status = (try? answer.header(as: Status.self)) ?? Status()
                 completion(.failure(.refused(code: status.code, message: status.message)))
             default:
