@@ -91,38 +91,26 @@ extension ShardService {
         let id = nextWaiter
         nextWaiter += 1
         await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-            waiting[id] = (continuation, deadline)
+            waiting[id] = (continuation, key)
             waiters[key, default: []].append(id)
-            startSweeping()
+            readerDeadlines.set(id, deadline)
         }
     }
 
     func wake(_ key: RangeKey) {
         guard let ids = waiters.removeValue(forKey: key) else { return }
-        for id in ids { waiting.removeValue(forKey: id)?.continuation.resume() }
+        for id in ids {
+            guard let entry = waiting.removeValue(forKey: id) else { continue }
+            readerDeadlines.remove(id)
+            entry.continuation.resume()
+        }
     }
 
-    func startSweeping() {
-        guard !sweeping else { return }
-        sweeping = true
-        let bound = ShardBound(self)
-        context.spawn {
-            let service = bound.value
-            while !service.waiting.isEmpty {
-                try? await service.context.sleep(for: .milliseconds(10))
-                let now = service.context.now
-                var expired: [UInt64] = []
-                for (id, entry) in service.waiting where entry.deadline <= now { expired.append(id) }
-                for id in expired { service.waiting.removeValue(forKey: id)?.continuation.resume() }
-                if !expired.isEmpty {
-                    let gone = Set(expired)
-                    for key in Array(service.waiters.keys) {
-                        service.waiters[key]?.removeAll { gone.contains($0) }
-                        if service.waiters[key]?.isEmpty == true { service.waiters[key] = nil }
-                    }
-                }
-            }
-            service.sweeping = false
-        }
+    /// A waiting reader's time is up: it answers with what there is.
+    func expireWaiter(_ id: UInt64) {
+        guard let entry = waiting.removeValue(forKey: id) else { return }
+        waiters[entry.key]?.removeAll { $0 == id }
+        if waiters[entry.key]?.isEmpty == true { waiters[entry.key] = nil }
+        entry.continuation.resume()
     }
 }

@@ -28,9 +28,10 @@ final class ShardService {
     var accepting = true
     /// FETCH requests waiting for records, per range.
     var waiters: [RangeKey: [UInt64]] = [:]
-    var waiting: [UInt64: (continuation: UnsafeContinuation<Void, Never>, deadline: Instant)] = [:]
+    var waiting: [UInt64: (continuation: UnsafeContinuation<Void, Never>, key: RangeKey)] = [:]
     var nextWaiter: UInt64 = 1
-    var sweeping = false
+    /// When each waiting reader gives up (one sweeper for all of them).
+    lazy var readerDeadlines = Deadlines<UInt64>(on: context) { [weak self] id in self?.expireWaiter(id) }
     /// Ranges being repaired from peers.
     var repairing: Set<RangeKey> = []
     var activeRepairs = 0
@@ -180,9 +181,11 @@ final class ShardService {
         await frameServer?.stop(drainTimeout: configuration.drainTimeout)
         for client in peers.values { await client.close() }
         // Readers still waiting get their (empty) answers.
-        for (_, entry) in waiting { entry.continuation.resume() }
+        let stillWaiting = waiting
         waiting = [:]
         waiters = [:]
+        readerDeadlines.removeAll()
+        for (_, entry) in stillWaiting { entry.continuation.resume() }
         await fences.close()
         await store.close()
     }

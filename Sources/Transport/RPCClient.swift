@@ -34,7 +34,7 @@ public enum CallError: Error, Sendable, Hashable, CustomStringConvertible {
 /// Frames go out in the order calls are made (also while the connection is being made), so a writer's appends to a
 /// replica arrive in order. At most `maxOutstandingRequests` calls (and `maxOutstandingBytes`) are on the wire at
 /// once, below a server's per-connection bounds; later calls wait here, in order. Every call has a deadline; one
-/// sweeper task expires them (a call that expires before it was sent is never sent). When the connection closes,
+/// sweeper (`Deadlines`) expires them (a call that expires before it was sent is never sent). When the connection closes,
 /// every call sent on it fails as unreachable, and the next call connects again. Shard-bound.
 public final class RPCClient {
     public let address: String
@@ -52,7 +52,6 @@ public final class RPCClient {
     private var queuedHead = 0
     private struct Call {
         let callback: (Result<Frame, CallError>) -> Void
-        let deadline: Instant
         let bytes: Int
         /// The request's wire bytes, kept until it is answered: a call the server never took (past its GOAWAY's
         /// last request id) is sent again on the next connection. (Shared with the queue, not copied.)
@@ -66,7 +65,11 @@ public final class RPCClient {
     /// Calls of the current connection that timed out unanswered, with their bytes.
     private var ghosts: [UInt64: Int] = [:]
     private var nextRequestID: UInt64 = 1
-    private var sweeping = false
+    /// Every call's deadline (one sweeper for all of them).
+    private lazy var deadlines = Deadlines<UInt64>(on: context) { [weak self] id in
+        guard let self else { return }
+        resolve(id, .failure(.timedOut(address: address)))
+    }
     private var closedForGood = false
     /// Set when the server sent GOAWAY (it is draining, or closing an idle connection).
     public private(set) var goingAway = false
@@ -146,8 +149,8 @@ public final class RPCClient {
             default:
                 completion(result)
             }
-        }, deadline: context.now + timeout, bytes: wire.count, wire: wire, generation: 0)
-        startSweeping()
+        }, bytes: wire.count, wire: wire, generation: 0)
+        deadlines.set(id, context.now + timeout)
         queued.append((wire, id))
         if connection == nil || connection!.closed {
             connect()
@@ -307,24 +310,8 @@ public final class RPCClient {
         for call in calls { resolve(call.id, .failure(error)) }
     }
 
-    private func startSweeping() {
-        guard !sweeping else { return }
-        sweeping = true
-        let client = ShardBound(self)
-        context.spawn {
-            let this = client.value
-            while !this.pending.isEmpty {
-                try? await this.context.sleep(for: .milliseconds(10))
-                let now = this.context.now
-                var expired: [UInt64] = []
-                for (id, call) in this.pending where call.deadline <= now { expired.append(id) }
-                for id in expired { this.resolve(id, .failure(.timedOut(address: this.address))) }
-            }
-            this.sweeping = false
-        }
-    }
-
     private func resolve(_ id: UInt64, _ result: Result<Frame, CallError>) {
+        deadlines.remove(id)
         guard let call = pending.removeValue(forKey: id) else {
             // A late answer to a call that timed out: its slot on the wire is free now.
             if let bytes = ghosts.removeValue(forKey: id) {
@@ -350,6 +337,7 @@ public final class RPCClient {
     private func fail(_ error: CallError) {
         let waiting = pending
         pending = [:]
+        deadlines.removeAll()
         queued = []
         queuedHead = 0
         outstanding = 0
