@@ -49,16 +49,15 @@ public final class RaftStorage {
         }
         let path = path(directory)
         if !FileManager.default.fileExists(atPath: path) {
-            // The first image goes to a temporary file renamed into place: the log file only ever appears complete.
-            let temporary = path + ".new"
-            let fresh = try await context.open(temporary, options: FileOpenOptions(create: true, truncate: true,
-                                                                                      direct: false))
-            let storage = RaftStorage(directory: directory, context: context, compactionBytes: compactionBytes,
-                                      file: fresh, tail: 0, state: initial)
-            try await storage.writeImage(into: fresh)
-            try await context.rename(temporary, to: path)
-            try await context.syncDirectory(directory)
-            return storage
+            // The first image replaces nothing, durably: the log file only ever appears complete.
+            var made: RaftStorage?
+            _ = try await context.replaceDurably(path) { fresh throws(IOError) in
+                let storage = RaftStorage(directory: directory, context: context, compactionBytes: compactionBytes,
+                                          file: fresh, tail: 0, state: initial)
+                try await storage.writeImage(into: fresh)
+                made = storage
+            }
+            return made!
         }
         let file = try await context.open(path, options: FileOpenOptions(create: false, direct: false))
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
@@ -223,16 +222,12 @@ public final class RaftStorage {
     /// Replaces the file with one image of the current state (written aside, synced, renamed over it).
     private func rewrite() async throws(IOError) {
         let path = Self.path(directory)
-        let temporary = path + ".new"
-        let fresh = try await context.open(temporary, options: FileOpenOptions(create: true, truncate: true, direct: false))
         let oldTail = tail
+        let fresh: File
         do {
-            try await writeImage(into: fresh)
-            try await context.rename(temporary, to: path)
-            try await context.syncDirectory(directory)
+            fresh = try await context.replaceDurably(path) { file throws(IOError) in try await writeImage(into: file) }
         } catch {
             tail = oldTail
-            try? await fresh.close()
             throw error
         }
         try? await file.close()

@@ -30,7 +30,7 @@ public final class RangeServer: Sendable {
                              on context: ShardContext) async throws -> RangeServer
     {
         precondition(context.shardIndex == 0, "start the range server from shard 0")
-        try checkShardCount(reactor.shardCount, in: configuration.dataDirectory)
+        try await checkShardCount(reactor.shardCount, in: configuration.dataDirectory, on: context)
         var services: [ShardBound<ShardService>] = []
         for index in 0..<reactor.shardCount {
             let service = try await reactor.run(on: index) { shard in
@@ -146,7 +146,7 @@ final class Registrar {
                 if response.serverID != serverID || !idStored {
                     // Registering again with this id is idempotent: a failed write is retried with it.
                     serverID = response.serverID
-                    try Self.storeID(response.serverID, in: configuration.dataDirectory)
+                    try await Self.storeID(response.serverID, in: configuration.dataDirectory, on: context)
                     idStored = true
                 }
                 let id = serverID
@@ -168,9 +168,9 @@ final class Registrar {
 
     /// Writes the server id through a temporary file, synced, renamed, with the directory synced: a server that
     /// forgot its id would come back as another server.
-    static func storeID(_ id: UInt64, in directory: String) throws {
+    static func storeID(_ id: UInt64, in directory: String, on context: ShardContext) async throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try writeDurably("\(id)\n", to: "\(directory)/server-id")
+        try await context.writeDurably(Array("\(id)\n".utf8), to: "\(directory)/server-id")
     }
 
     private func run() async {
@@ -370,7 +370,7 @@ public struct RangeServerStartError: Error, CustomStringConvertible {
 /// Ranges live on the shard their hash picks among `count` shards: a data directory written with another shard count
 /// holds its replicas on the wrong shards, so the server refuses it (with the count it needs) rather than serve
 /// (and reconcile) them as missing.
-func checkShardCount(_ count: Int, in directory: String) throws {
+func checkShardCount(_ count: Int, in directory: String, on context: ShardContext) async throws {
     let path = "\(directory)/shards"
     if let text = try? String(contentsOfFile: path, encoding: .utf8) {
         guard let stored = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
@@ -383,25 +383,6 @@ func checkShardCount(_ count: Int, in directory: String) throws {
         return
     }
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    try writeDurably("\(count)\n", to: path)
+    try await context.writeDurably(Array("\(count)\n".utf8), to: path)
 }
 
-/// Writes `text` to `path` through a temporary file that is synced, then renamed, then the directory synced.
-func writeDurably(_ text: String, to path: String) throws {
-    let temporary = path + ".tmp"
-    let bytes = Array(text.utf8)
-    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    guard fd >= 0 else { throw RangeServerStartError(description: "cannot create \(temporary): errno \(errno)") }
-    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    let synced = fsync(fd)
-    close(fd)
-    guard written == bytes.count, synced == 0 else {
-        throw RangeServerStartError(description: "cannot write \(temporary): errno \(errno)")
-    }
-    guard rename(temporary, path) == 0 else { throw RangeServerStartError(description: "cannot rename \(temporary): errno \(errno)") }
-    let directory = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY)
-    if directory >= 0 {
-        fsync(directory)
-        close(directory)
-    }
-}

@@ -253,28 +253,32 @@ final class CheckpointWriter {
         // From here until the write is durable the slot holds nothing valid.
         slotPositions[slot] = nil
         let fresh = !FileManager.default.fileExists(atPath: path)
-        let target = fresh ? path + ".tmp" : path
-        do throws(IOError) {
-            let file = try await context.open(target, options: FileOpenOptions(create: true, truncate: fresh))
-            do throws(IOError) {
-                var done = 0
-                while done < padded {
-                    let n = min(16 << 20, padded - done)
-                    done += try await file.write(UnsafeRawBufferPointer(rebasing: buffer[done..<(done + n)]),
-                                                 at: UInt64(done))
-                }
-                try await file.sync()
-            } catch {
-                try? await file.close()
-                throw error
+        func write(_ file: File) async throws(IOError) {
+            var done = 0
+            while done < padded {
+                let n = min(16 << 20, padded - done)
+                done += try await file.write(UnsafeRawBufferPointer(rebasing: buffer[done..<(done + n)]), at: UInt64(done))
             }
-            try await file.close()
+        }
+        do throws(IOError) {
             if fresh {
-                try await context.rename(target, to: path)
-                try await context.syncDirectory(directory)
+                // The slot's first write replaces nothing: durably, so that the slot only ever appears complete.
+                let file = try await context.replaceDurably(path, options: FileOpenOptions(create: true)) {
+                    file throws(IOError) in try await write(file)
+                }
+                try await file.close()
+            } else {
+                let file = try await context.open(path, options: FileOpenOptions(create: true))
+                do throws(IOError) {
+                    try await write(file)
+                    try await file.sync()
+                } catch {
+                    try? await file.close()
+                    throw error
+                }
+                try await file.close()
             }
         } catch {
-            if fresh { try? FileManager.default.removeItem(atPath: target) }
             throw .io(error)
         }
         lastWrite = clock.now - encoded

@@ -775,18 +775,26 @@ extension ClusterTests {
 
     /// A data directory written with one shard count is refused with another (its replicas would sit on the wrong
     /// shards); the first start records the count.
-    @Test func aDataDirectoryKeepsItsShardCount() throws {
+    @Test func aDataDirectoryKeepsItsShardCount() async throws {
         let parent = try makeTemporaryDirectory("es-shards")
         let directory = "\(parent)/server"
         defer { try? FileManager.default.removeItem(atPath: parent) }
-        try checkShardCount(2, in: directory)
-        try checkShardCount(2, in: directory)
-        do {
-            try checkShardCount(3, in: directory)
-            Issue.record("a data directory of 2 shards was accepted for 3")
-        } catch {
-            #expect("\(error)".contains("2 shards") && "\(error)".contains("has 3"), "\(error)")
+        let reactor = try Reactor(configuration: .testing(shards: 1))
+        defer { reactor.shutdown() }
+        let refusal = try await reactor.run(on: 0) { context -> String? in
+            try await checkShardCount(2, in: directory, on: context)
+            try await checkShardCount(2, in: directory, on: context)
+            do {
+                try await checkShardCount(3, in: directory, on: context)
+                return nil
+            } catch {
+                return "\(error)"
+            }
         }
+        let text = try #require(refusal, "a data directory of 2 shards was accepted for 3")
+        #expect(text.contains("2 shards") && text.contains("has 3"), "\(text)")
+        #expect(try String(contentsOfFile: "\(directory)/shards", encoding: .utf8) == "2\n")
+        #expect(!FileManager.default.fileExists(atPath: "\(directory)/shards.tmp"))
     }
 }
 

@@ -7,6 +7,33 @@ import Testing
 
 extension Serialized {
 @Suite struct IOTests {
+    /// The one durable replacement: a failed write leaves the old file whole and no temporary file behind; a good
+    /// one replaces it.
+    @Test func replaceDurablyKeepsTheOldFileUntilTheNewOneIsWhole() async throws {
+        try await withTemporaryDirectory { directory in
+            try await withReactor(.testing(shards: 1)) { reactor in
+                let path = "\(directory)/state"
+                let failed = try await reactor.run(on: 0) { context -> Bool in
+                    try await context.writeDurably(Array("old\n".utf8), to: path)
+                    do {
+                        _ = try await context.replaceDurably(path) { file throws(IOError) in
+                            _ = try await file.write(UnsafeRawBufferPointer(start: nil, count: 0), at: 0)
+                            throw IOError(.write, .system(errno: 5), target: path)
+                        }
+                        return false
+                    } catch {
+                        return true
+                    }
+                }
+                #expect(failed)
+                #expect(try String(contentsOfFile: path, encoding: .utf8) == "old\n")
+                #expect(!FileManager.default.fileExists(atPath: path + ".tmp"))
+                try await reactor.run(on: 0) { context in try await context.writeDurably(Array("new\n".utf8), to: path) }
+                #expect(try String(contentsOfFile: path, encoding: .utf8) == "new\n")
+            }
+        }
+    }
+
     @Test func directWriteSyncAndReadBack() async throws {
         try await withTemporaryDirectory { directory in
             try await withReactor { reactor in

@@ -1,6 +1,10 @@
 import CSupport
 import Platform
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The reactor as the code on one shard sees it: its clock, files, connections, buffers and index. It implements
 /// `ShardEnvironment`, the seam a simulator implements too. Not Sendable: use it on the shard that gave it.
 public struct ShardContext: ShardEnvironment {
@@ -111,6 +115,52 @@ public struct ShardContext: ShardEnvironment {
     /// Makes a directory's entries durable: the files created in it and the renames within it.
     public func syncDirectory(_ path: String) async throws(IOError) {
         try await File.syncDirectory(path, on: shard)
+    }
+
+    /// The one durable replacement of a file in the engine (Raft log images, checkpoint slots, small state files):
+    /// `write` fills a new file beside `path` (`path.tmp`, opened with `options`), which is synced, renamed over
+    /// `path`, and its directory synced. Until then `path` holds what it held; after, it holds the whole new file,
+    /// also across a crash. Returns the new file, open, now at `path`. On a failure the temporary file is closed and
+    /// removed, and `path` is untouched.
+    public func replaceDurably(_ path: String,
+                               options: FileOpenOptions = FileOpenOptions(create: true, truncate: true, direct: false),
+                               _ write: (File) async throws(IOError) -> Void) async throws(IOError) -> File
+    {
+        let temporary = path + ".tmp"
+        var opening = options
+        opening.create = true
+        opening.truncate = true
+        let file = try await open(temporary, options: opening)
+        do throws(IOError) {
+            try await write(file)
+            try await file.sync()
+            try await rename(temporary, to: path)
+            let slash = path.lastIndex(of: "/")
+            try await syncDirectory(slash.map { String(path[..<$0]) } ?? ".")
+        } catch {
+            try? await file.close()
+            _ = temporary.withCString { Glibc.unlink($0) }
+            throw error
+        }
+        return file
+    }
+
+    /// Writes `bytes` as the whole of `path`, durably (`replaceDurably`).
+    public func writeDurably(_ bytes: [UInt8], to path: String) async throws(IOError) {
+        // The bytes stay put in one buffer while the ring writes them.
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes)
+        let count = bytes.count
+        let file = try await replaceDurably(path) { file throws(IOError) in
+            var done = 0
+            while done < count {
+                let n = try await file.write(UnsafeRawBufferPointer(rebasing: buffer[done..<count]), at: UInt64(done))
+                guard n > 0 else { throw IOError(.write, .system(errno: Glibc.EIO), target: path) }
+                done += n
+            }
+        }
+        try await file.close()
     }
 
     // MARK: Network
