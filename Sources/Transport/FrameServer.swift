@@ -206,10 +206,7 @@ public final class FrameServer {
         if frame.operation == .goAway { return }
         if connection.queuedBytes > limits.maxBytesPerConnection {
             // The peer sends but does not read: nothing more is taken from it.
-            state.closing = true
-            timedOutConnections += 1
-            let bound = ShardBound(connection)
-            context.spawn { await bound.value.close() }
+            closeDeaf(state)
             return
         }
         if inline(frame) { return }
@@ -296,11 +293,8 @@ public final class FrameServer {
         let now = context.now
         for state in served.values where !state.closing {
             if state.connection.queuedBytes > 0, now - state.connection.lastSendProgress > limits.frameTimeout {
-                // Answers wait and the peer reads none of them: nothing more can be sent, so it is closed at once.
-                state.closing = true
-                timedOutConnections += 1
-                let bound = ShardBound(state.connection)
-                context.spawn { await bound.value.close() }
+                // Answers wait and the peer reads none of them.
+                closeDeaf(state)
                 continue
             }
             let message: String
@@ -320,6 +314,15 @@ public final class FrameServer {
                                     reason: .goAwayIdle)
             }
         }
+    }
+
+    /// Closes a connection whose peer reads none of its answers, at once: nothing more can be sent to it, so no
+    /// error frame or GOAWAY either.
+    private func closeDeaf(_ state: Served) {
+        state.closing = true
+        timedOutConnections += 1
+        let bound = ShardBound(state.connection)
+        context.spawn { await bound.value.close() }
     }
 
     /// Stops accepting, tells every connection to go away, waits for the requests in flight (at most

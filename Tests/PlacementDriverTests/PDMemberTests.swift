@@ -39,6 +39,19 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
                       compactionBytes: compactionBytes)
 }
 
+/// The state of a member started again on `settings`' directory, once its replayed log is applied (the new term's
+/// first entry commits after it).
+func restartedState(_ reactor: Reactor, _ settings: PDMember.Settings) async throws -> [UInt8] {
+    try await reactor.run(on: 0) { context -> [UInt8] in
+        let box = MemberBox(member: try await PDMember.start(settings, on: context))
+        try await box.waitForLeadership()
+        _ = try await box.member.read { $0.streams.count }
+        let snapshot = try box.member.state.snapshot()
+        await box.member.stop()
+        return snapshot
+    }
+}
+
 @Suite(.serialized) struct PDMemberTests {
     /// A single-member group on the reactor: it elects itself, applies proposals durably, batches concurrent
     /// proposals into shared syncs, serves linearizable reads, and after a restart (its Raft log replayed from disk)
@@ -65,15 +78,7 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
             #expect(streams == 64)
             #expect(syncs < 64, "64 concurrent proposals took \(syncs) syncs: no batching")
 
-            let after = try await reactor.run(on: 0) { context -> [UInt8] in
-                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
-                try await box.waitForLeadership()
-                // Wait until the replayed log is applied (the new term's first entry commits after it).
-                _ = try await box.member.read { $0.streams.count }
-                let snapshot = try box.member.state.snapshot()
-                await box.member.stop()
-                return snapshot
-            }
+            let after = try await restartedState(reactor, settings(directory))
             #expect(after == before, "the state after the restart differs")
         }
     }
@@ -102,14 +107,7 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
                 await box.member.stop()
                 return snapshot
             }
-            let after = try await reactor.run(on: 0) { context -> [UInt8] in
-                let box = MemberBox(member: try await PDMember.start(configured, on: context))
-                try await box.waitForLeadership()
-                _ = try await box.member.read { $0.streams.count }
-                let snapshot = try box.member.state.snapshot()
-                await box.member.stop()
-                return snapshot
-            }
+            let after = try await restartedState(reactor, configured)
             #expect(after == before)
             let size = try FileManager.default.attributesOfItem(atPath: "\(directory)/raft.log")[.size] as! Int
             #expect(size < uncompacted, "the log file (\(size) bytes) was not rewritten smaller than \(uncompacted)")
@@ -178,14 +176,7 @@ func settings(_ directory: String, snapshotEvery: UInt64 = 10_000, compactionByt
                 return (snapshot, answers)
             }
             #expect(answers == [.invalidArgument, .invalidArgument, .invalidArgument])
-            let after = try await reactor.run(on: 0) { context -> [UInt8] in
-                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
-                try await box.waitForLeadership()
-                _ = try await box.member.read { $0.streams.count }
-                let snapshot = try box.member.state.snapshot()
-                await box.member.stop()
-                return snapshot
-            }
+            let after = try await restartedState(reactor, settings(directory))
             #expect(after == before, "the replayed log gave a different state")
         }
     }
