@@ -104,6 +104,9 @@ let package = Package(
                                "Platform", "CSupport", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
+        // The second backend of the seam: whole processes (nodes, clients) in one deterministic, seeded simulation
+        // with virtual time, simulated disks and a simulated network, and the faults of each.
+        .target(name: "Simulation", dependencies: ["Reactor", "Platform", "CSupport"], swiftSettings: swiftSettings),
         // The client SDK: streams, chasing write, failover, reads that span ranges.
         .target(name: "Client",
                 dependencies: ["Records", "Wire", "Transport", "PlacementDriverClient", "Reactor", "Platform",
@@ -142,6 +145,11 @@ let package = Package(
                           swiftSettings: swiftSettings),
         .executableTarget(name: "fuzz-record-batch", dependencies: ["Records"], path: "Tests/Fuzz/RecordBatch",
                           swiftSettings: swiftSettings),
+        // The cluster simulation: three nodes and two writers under faults, seed by seed (Tests/Simulation/run.sh).
+        .executableTarget(name: "es-sim",
+                          dependencies: ["Simulation", "Client", "RangeServer", "PlacementDriver", "Raft", "Store", "Transport",
+                                         "Records", "Reactor", "CSupport", .product(name: "Logging", package: "swift-log")],
+                          path: "Tests/Simulation/Runner", swiftSettings: swiftSettings),
         // Helpers shared by the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport", "TestSupport"],

@@ -421,6 +421,12 @@ void cs_set_current_shard(int shard, void *object) {
     cs_current_shard_object_value = object;
 }
 
+int64_t cs_file_size(const char *path) {
+    struct stat info;
+    if (stat(path, &info) != 0) return -errno;
+    return (int64_t)info.st_size;
+}
+
 int cs_open_fd_count(void) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -errno;
@@ -451,12 +457,26 @@ extern swift_enqueue_hook swift_task_enqueueGlobal_hook;
 // Counted per thread: a test reads the count of the shard thread it runs on, unaffected by other reactors.
 static __thread uint64_t global_enqueues_from_this_shard __attribute__((tls_model("initial-exec")));
 
+static __thread int simulation_thread __attribute__((tls_model("initial-exec")));
+static __thread uint64_t simulation_stray_jobs __attribute__((tls_model("initial-exec")));
+
 __attribute__((swiftcall)) static void watch_global_enqueue(void *job, swift_enqueue_original original) {
+    if (simulation_thread) {
+        simulation_stray_jobs++;
+        return;
+    }
     if (cs_current_shard_value >= 0) global_enqueues_from_this_shard++;
     original(job);
 }
 
 void cs_install_global_enqueue_watch(void) { swift_task_enqueueGlobal_hook = watch_global_enqueue; }
+
+void cs_become_simulation_thread(void) {
+    simulation_thread = 1;
+    swift_task_enqueueGlobal_hook = watch_global_enqueue;
+}
+
+uint64_t cs_simulation_stray_jobs(void) { return simulation_stray_jobs; }
 
 uint64_t cs_global_enqueues_from_this_shard(void) { return global_enqueues_from_this_shard; }
 

@@ -150,6 +150,8 @@ static inline int cs_current_shard(void) { return cs_current_shard_value; }
 extern __thread void *cs_current_shard_object_value __attribute__((tls_model("initial-exec")));
 static inline void *cs_current_shard_object(void) { return cs_current_shard_object_value; }
 void cs_set_current_shard(int shard, void *object);
+/// The size of the file at `path` (following links), or a negative errno.
+int64_t cs_file_size(const char *path);
 /// Number of open file descriptors of this process (entries in /proc/self/fd, minus the one used to count).
 int cs_open_fd_count(void);
 /// Names a thread (at most 15 characters are kept).
@@ -164,6 +166,11 @@ void cs_cpu_relax(void);
 void cs_install_global_enqueue_watch(void);
 /// Jobs the calling shard thread has handed to the global executor since the watch was installed.
 uint64_t cs_global_enqueues_from_this_shard(void);
+/// Marks the calling thread as a simulator's (installing the watch): a job it hands to the global executor is then
+/// never run (it would race the simulation) but counted, and the simulator fails the run.
+void cs_become_simulation_thread(void);
+/// Jobs the simulator's thread has handed to the global executor.
+uint64_t cs_simulation_stray_jobs(void);
 
 // MARK: - XXH3-64
 

@@ -83,7 +83,7 @@ public final class PDMember {
             ? PDStateMachine(settings: settings.stateMachine)
             : try PDStateMachine(settings: settings.stateMachine, restoring: persisted.snapshot.data)
         let node = RaftNode(id: settings.id, configuration: settings.raft, restoring: persisted,
-                            seed: UInt64(truncatingIfNeeded: DispatchTime.now().uptimeNanoseconds) ^ settings.id)
+                            seed: context.random() ^ settings.id)
         let member = PDMember(settings: settings, context: context, node: node, storage: storage, state: state)
         member.startTicking()
         member.kick()

@@ -115,7 +115,7 @@ public final class PDServer {
 
     // MARK: - Operations
 
-    private func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    private func now() -> Int64 { context.wallClockMilliseconds }
 
     private func failure(_ error: PDError, to frame: Frame) -> Frame {
         var status = error.status

@@ -42,13 +42,9 @@ public final class RaftStorage {
     /// Opens (or creates) the storage in `directory`. A new one starts from `initial` (a bootstrap or joining state).
     public static func open(directory: String, on context: ShardContext, initial: PersistedState,
                             compactionBytes: Int = 64 << 20) async throws(IOError) -> RaftStorage {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw IOError(.open, .system(errno: EACCES), target: directory)
-        }
+        try await context.createDirectory(directory)
         let path = path(directory)
-        if !FileManager.default.fileExists(atPath: path) {
+        if await !context.fileExists(path) {
             // The first image replaces nothing, durably: the log file only ever appears complete.
             var made: RaftStorage?
             _ = try await context.replaceDurably(path) { fresh throws(IOError) in
@@ -60,7 +56,7 @@ public final class RaftStorage {
             return made!
         }
         let file = try await context.open(path, options: FileOpenOptions(create: false, direct: false))
-        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let size = await context.fileSize(path) ?? 0
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 8)
         defer { buffer.deallocate() }
         var done = 0
@@ -75,10 +71,8 @@ public final class RaftStorage {
         let valid = replay(UnsafeRawBufferPointer(rebasing: buffer[..<done]), into: &state)
         if valid < done {
             // A torn last write: cut it off, so nothing after it can ever be read as a record again.
-            if ftruncate(file.descriptor, off_t(valid)) != 0 {
-                throw IOError(.write, .system(errno: errno), target: path)
-            }
-            try await file.sync()
+            try await file.truncate(to: UInt64(valid))
+            try await file.fullSync()
         }
         return RaftStorage(directory: directory, context: context, compactionBytes: compactionBytes, file: file,
                            tail: UInt64(valid), state: state)

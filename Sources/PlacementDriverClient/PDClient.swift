@@ -23,7 +23,7 @@ public final class PDClient {
     private var members: [String: RPCClient] = [:]
     private var closed = false
     /// Sent with every call (and its retries), so that the placement driver applies a retried write only once.
-    public let clientID = UInt64.random(in: 1...UInt64.max)
+    public let clientID: UInt64
     private var nextSequence: UInt64 = 1
 
     /// `addresses`: "host:port" of the members.
@@ -31,6 +31,7 @@ public final class PDClient {
         self.addresses = addresses
         self.context = context
         self.timeout = timeout
+        clientID = context.random(in: 1...UInt64.max)
     }
 
     /// The address the client currently talks to.

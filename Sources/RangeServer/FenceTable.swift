@@ -26,10 +26,15 @@ final class FenceTable {
     private var waiters: [UnsafeContinuation<Void, Never>] = []
     private var closed = false
 
-    init(path: String, context: ShardContext) {
+    /// Loads the fences of `path` (none when there is no file).
+    static func load(path: String, context: ShardContext) async throws(IOError) -> FenceTable {
+        FenceTable(path: path, context: context, contents: try await context.readWholeFile(path, limit: 1 << 30))
+    }
+
+    private init(path: String, context: ShardContext, contents: [UInt8]?) {
         self.path = path
         self.context = context
-        guard let data = FileManager.default.contents(atPath: path) else { return }
+        guard let data = contents else { return }
         records = (data.count + Self.recordBytes - 1) / Self.recordBytes
         data.withUnsafeBytes { raw in
             var position = 0

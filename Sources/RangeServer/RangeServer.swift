@@ -34,6 +34,8 @@ public final class RangeServer: Sendable {
         var services: [ShardBound<ShardService>] = []
         for index in 0..<reactor.shardCount {
             let service = try await reactor.run(on: index) { shard in
+                let fences = try await FenceTable.load(path: "\(configuration.dataDirectory)/fences-\(index)",
+                                                       context: shard)
                 let store = try await ShardStore.open(configuration.store(shard: index), on: shard)
                 let listener: TCPListener
                 do {
@@ -43,7 +45,7 @@ public final class RangeServer: Sendable {
                     throw error
                 }
                 return ShardBound(ShardService(index: index, context: shard, store: store, listener: listener,
-                                               configuration: configuration))
+                                               configuration: configuration, fences: fences))
             }
             services.append(service)
         }
@@ -62,8 +64,9 @@ public final class RangeServer: Sendable {
                 service.start()
             }
         }
+        let storedID = try await Registrar.storedID(configuration.dataDirectory, on: context)
         let registrar = Registrar(configuration: configuration, placementDriver: placementDriver, reactor: reactor,
-                                  services: table, context: context)
+                                  services: table, context: context, storedID: storedID)
         let server = RangeServer(configuration: configuration, reactor: reactor, services: table,
                                  registrar: ShardBound(registrar))
         registrar.start()
@@ -109,22 +112,22 @@ final class Registrar {
     private(set) var reconciliations = 0
 
     init(configuration: RangeServerConfiguration, placementDriver: [String], reactor: Reactor,
-         services: [ShardBound<ShardService>], context: ShardContext) {
+         services: [ShardBound<ShardService>], context: ShardContext, storedID: UInt64?) {
         self.configuration = configuration
         pd = PDClient(addresses: placementDriver, on: context, timeout: .seconds(2))
         self.reactor = reactor
         self.services = services
         self.context = context
         lastBeat = context.now
-        serverID = Self.storedID(configuration.dataDirectory) ?? 0
+        serverID = storedID ?? 0
         idStored = serverID != 0
         leases = WriterLeases(configuration: configuration, pd: pd, reactor: reactor, services: services,
                               context: context)
     }
 
-    static func storedID(_ directory: String) -> UInt64? {
-        guard let text = try? String(contentsOfFile: "\(directory)/server-id", encoding: .utf8) else { return nil }
-        return UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    static func storedID(_ directory: String, on context: ShardContext) async throws -> UInt64? {
+        guard let bytes = try await context.readWholeFile("\(directory)/server-id", limit: 4096) else { return nil }
+        return UInt64(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     func start() {
@@ -169,7 +172,7 @@ final class Registrar {
     /// Writes the server id through a temporary file, synced, renamed, with the directory synced: a server that
     /// forgot its id would come back as another server.
     static func storeID(_ id: UInt64, in directory: String, on context: ShardContext) async throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try await context.createDirectory(directory)
         try await context.writeDurably(Array("\(id)\n".utf8), to: "\(directory)/server-id")
     }
 
@@ -372,7 +375,8 @@ public struct RangeServerStartError: Error, CustomStringConvertible {
 /// (and reconcile) them as missing.
 func checkShardCount(_ count: Int, in directory: String, on context: ShardContext) async throws {
     let path = "\(directory)/shards"
-    if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+    if let bytes = try await context.readWholeFile(path, limit: 4096) {
+        let text = String(decoding: bytes, as: UTF8.self)
         guard let stored = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw RangeServerStartError(description: "\(path) does not hold a shard count")
         }
@@ -382,7 +386,7 @@ func checkShardCount(_ count: Int, in directory: String, on context: ShardContex
         }
         return
     }
-    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    try await context.createDirectory(directory)
     try await context.writeDurably(Array("\(count)\n".utf8), to: path)
 }
 

@@ -47,13 +47,13 @@ final class ShardService {
     let fences: FenceTable
 
     init(index: Int, context: ShardContext, store: ShardStore, listener: TCPListener,
-         configuration: RangeServerConfiguration) {
+         configuration: RangeServerConfiguration, fences: FenceTable) {
         self.index = index
         self.context = context
         self.store = store
         self.listener = listener
         self.configuration = configuration
-        fences = FenceTable(path: "\(configuration.dataDirectory)/fences-\(index)", context: context)
+        self.fences = fences
         var logger = Logger(label: "elastic-stream.range-server")
         logger[metadataKey: "shard"] = "\(index)"
         self.logger = logger

@@ -24,6 +24,8 @@ public final class Reactor: Sendable {
     private let stopped = Atomic<Bool>(false)
 
     public var shardCount: Int { shards.count }
+    /// Whether this reactor's shards run in a simulator rather than on threads of their own.
+    public let isSimulated: Bool
 
     public init(configuration: ReactorConfiguration = ReactorConfiguration(),
                 logger: Logger = Logger(label: "elastic-stream.reactor")) throws(ReactorError)
@@ -38,6 +40,7 @@ public final class Reactor: Sendable {
         }
         self.configuration = configuration
         self.logger = logger
+        self.isSimulated = false
         let fabric = ShardFabric(shardCount: cpus.count, channelCapacity: configuration.channelCapacity)
         var shards: [Shard] = []
         for (index, cpu) in cpus.enumerated() {
@@ -83,7 +86,38 @@ public final class Reactor: Sendable {
                                                   "pinned": "\(configuration.pinThreads)"])
     }
 
+    /// A reactor of `shardCount` shards that have no thread and no ring: their jobs, calls, clock, files and
+    /// connections all go to `simulation` (one simulated process of a deterministic simulation).
+    public init(simulation: any SimulationBackend, shardCount: Int,
+                configuration: ReactorConfiguration = ReactorConfiguration(pinThreads: false),
+                logger: Logger = Logger(label: "elastic-stream.reactor")) throws(ReactorError)
+    {
+        precondition(shardCount > 0, "a reactor needs a shard")
+        self.configuration = configuration
+        self.logger = logger
+        self.isSimulated = true
+        let fabric = ShardFabric(shardCount: shardCount, channelCapacity: configuration.channelCapacity)
+        var shards: [Shard] = []
+        for index in 0..<shardCount {
+            do {
+                shards.append(try Shard(index: index, cpu: index, configuration: configuration, fabric: fabric,
+                                        logger: logger, simulation: simulation))
+            } catch {
+                throw ReactorError.shardStartFailed(shard: index, error)
+            }
+        }
+        fabric.shards = shards
+        self.fabric = fabric
+        self.shards = shards
+        threads = []
+        stallDetector = nil
+    }
+
     deinit {
+        if isSimulated {
+            fabric.shards = []
+            return
+        }
         if cs_current_shard() >= 0 {
             // The last reference went away on a shard thread, which cannot join itself: stop from another thread.
             let (fabric, threads, detector, logger) = (fabric, threads, stallDetector, logger)
@@ -101,6 +135,10 @@ public final class Reactor: Sendable {
     /// every thread is joined and the reactor's own descriptors are closed. Call it from outside the reactor;
     /// calling it twice is harmless.
     public func shutdown() {
+        if isSimulated {
+            stopped.store(true, ordering: .sequentiallyConsistent)
+            return
+        }
         precondition(cs_current_shard() < 0, "shutdown() called from shard \(cs_current_shard()): it would deadlock")
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         Self.stop(fabric, threads, stallDetector, logger)
@@ -171,6 +209,13 @@ public final class Reactor: Sendable {
     public func submit<T: Sendable>(to target: Int, _ body: @escaping @Sendable () -> T) async throws(IOError) -> T {
         precondition(shards.indices.contains(target), "no shard \(target)")
         let destination = shards[target]
+        if isSimulated {
+            if stopped.load(ordering: .acquiring) { throw IOError(.crossShard, .shutdown, target: "shard \(target)") }
+            if let origin = currentShard, origin.index == target { return body() }
+            return await withUnsafeContinuation { (continuation: UnsafeContinuation<T, Never>) in
+                destination.post { continuation.resume(returning: body()) }
+            }
+        }
         if let origin = currentShard {
             if origin.index == target { return body() }
             await origin.waitForRoom(to: target)

@@ -162,7 +162,7 @@ struct Checkpoint {
         var failures: [String] = []
         for slot in 0..<2 {
             let path = slotPath(directory, slot)
-            guard let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int else { continue }
+            guard let size = await context.fileSize(path) else { continue }
             let padded = max(WALEntryLayout.blockSize, (size + 4095) / 4096 * 4096)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: padded, alignment: WALEntryLayout.blockSize)
             defer { buffer.deallocate() }
@@ -233,8 +233,7 @@ final class CheckpointWriter {
     /// Encodes `ranges` (their state now, which reflects the WAL exactly up to `position`) and makes the checkpoint
     /// durable. Returns the segments its index points into.
     func write(ranges: [RangeKey: RangeReplica], position: UInt64) async throws(StoreError) -> Set<Int> {
-        let clock = ContinuousClock()
-        let began = clock.now
+        let began = context.now
         let size = Checkpoint.encodedSize(ranges)
         let padded = (size + 4095) / 4096 * 4096
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: padded, alignment: WALEntryLayout.blockSize)
@@ -246,13 +245,13 @@ final class CheckpointWriter {
             UnsafeMutableRawBufferPointer(rebasing: buffer[length..<padded]).initializeMemory(as: UInt8.self,
                                                                                           repeating: 0)
         }
-        let encoded = clock.now
+        let encoded = context.now
         lastEncode = encoded - began
         let slot = Int(next % 2)
         let path = Checkpoint.slotPath(directory, slot)
         // From here until the write is durable the slot holds nothing valid.
         slotPositions[slot] = nil
-        let fresh = !FileManager.default.fileExists(atPath: path)
+        let fresh = await !context.fileExists(path)
         func write(_ file: File) async throws(IOError) {
             var done = 0
             while done < padded {
@@ -281,7 +280,7 @@ final class CheckpointWriter {
         } catch {
             throw .io(error)
         }
-        lastWrite = clock.now - encoded
+        lastWrite = context.now - encoded
         slotPositions[slot] = position
         sequence = next
         self.position = position

@@ -103,9 +103,9 @@ public final class ShardStore {
         try configuration.validate()
         let directory = configuration.wal.directory
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try await context.createDirectory(directory)
         } catch {
-            throw .io(IOError(.open, .system(errno: EACCES), target: directory))
+            throw .io(error)
         }
         let segmentSize = configuration.wal.segmentSizeBytes
         let loaded = try await Checkpoint.load(directory: directory, segmentSize: segmentSize, on: context)

@@ -56,8 +56,9 @@ import Wire
             configuration.maxFetchWait = .milliseconds(5)
             let store = try await ShardStore.open(configuration.store(shard: 0), on: context)
             let listener = try context.listen(host: "127.0.0.1", port: 0)
+            let fences = try await FenceTable.load(path: "\(directory)/fences-0", context: context)
             let service = ShardService(index: 0, context: context, store: store, listener: listener,
-                                       configuration: configuration)
+                                       configuration: configuration, fences: fences)
             var generator = RequestGenerator(seed: seed)
             var problems: [String] = []
             var seen: [String: Int] = [:]

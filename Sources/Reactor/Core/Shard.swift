@@ -31,6 +31,8 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// Strong, and a `let`, so that reaching it costs no reference counting on the hot path; the reactor breaks the
     /// cycle (fabric → shards → fabric) when it shuts down.
     let fabric: ShardFabric
+    /// The simulator this shard's work goes to, in a simulated reactor; nil in a real one.
+    let simulation: (any SimulationBackend)?
 
     // MARK: Cross-thread state
     let sleeping = Atomic<Bool>(false)
@@ -69,10 +71,11 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     var acceptingWork = true
     var bufferPool: BufferPool?
 
-    init(index: Int, cpu: Int, configuration: ReactorConfiguration, fabric: ShardFabric, logger: Logger)
-        throws(IOError)
+    init(index: Int, cpu: Int, configuration: ReactorConfiguration, fabric: ShardFabric, logger: Logger,
+         simulation: (any SimulationBackend)? = nil) throws(IOError)
     {
         self.index = index
+        self.simulation = simulation
         self.cpu = cpu
         self.numaNode = Int(cs_numa_node_of_cpu(Int32(cpu)))
         self.configuration = configuration
@@ -80,9 +83,13 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "shard"] = "\(index)"
         self.logger = logger
-        let fd = cs_eventfd_create()
-        if fd < 0 { throw IOError(.eventfd, .system(errno: -fd), target: "shard \(index)") }
-        wakeFD = fd
+        if simulation == nil {
+            let fd = cs_eventfd_create()
+            if fd < 0 { throw IOError(.eventfd, .system(errno: -fd), target: "shard \(index)") }
+            wakeFD = fd
+        } else {
+            wakeFD = -1
+        }
         overflow = Array(repeating: [], count: fabric.shardCount)
         wakePending = Array(repeating: false, count: fabric.shardCount)
         channelWaiters = Array(repeating: [], count: fabric.shardCount)
@@ -133,7 +140,9 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     @inline(__always)
     func enqueueJob(_ job: UnownedJob) {
-        if isCurrent {
+        if let simulation {
+            simulation.schedule(job, on: self)
+        } else if isCurrent {
             runQueue.push(job)
         } else {
             deliver(.job(job))
@@ -154,7 +163,9 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// (and waits in the sender's overflow list if the channel is full); from any other thread it goes through the
     /// foreign inbox. After the shard has stopped, it is counted in `droppedAfterStop` and not run.
     public func post(_ body: @escaping @Sendable () -> Void) {
-        if isCurrent {
+        if let simulation {
+            simulation.schedule(body, on: self)
+        } else if isCurrent {
             localCalls.append(body)
         } else {
             deliver(.call(body))

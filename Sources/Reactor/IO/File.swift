@@ -13,6 +13,8 @@ public final class File: ShardFile {
     public let descriptor: Int32
     public let isDirect: Bool
     let shard: Shard
+    /// The simulator's file, in a simulated reactor (`descriptor` is then -1).
+    let simulated: (any SimulatedFile)?
     private var closed = false
 
     init(path: String, descriptor: Int32, isDirect: Bool, shard: Shard) {
@@ -20,11 +22,22 @@ public final class File: ShardFile {
         self.descriptor = descriptor
         self.isDirect = isDirect
         self.shard = shard
+        self.simulated = nil
+    }
+
+    init(path: String, simulated: any SimulatedFile, isDirect: Bool, shard: Shard) {
+        self.path = path
+        self.descriptor = -1
+        self.isDirect = isDirect
+        self.shard = shard
+        self.simulated = simulated
     }
 
     deinit {
         // A file dropped without close() is closed here rather than leaked; close() is the way that reports errors.
-        if !closed { Glibc.close(descriptor) }
+        if !closed {
+            if let simulated { simulated.close() } else { Glibc.close(descriptor) }
+        }
     }
 
     static func open(_ path: String, options: FileOpenOptions, on shard: Shard) async throws(IOError) -> File {
@@ -92,6 +105,7 @@ public final class File: ShardFile {
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) async throws(IOError) -> Int {
         try checkOpen(.read)
         try checkAlignment(.read, address: buffer.baseAddress, count: buffer.count, offset: offset)
+        if let simulated { return try await simulated.read(into: buffer, at: offset) }
         let fd = descriptor
         let result = try await shard.perform(.read, target: path) { ring, userData, _ in
             cs_prep_read(ring, fd, buffer.baseAddress, UInt32(buffer.count), offset, userData)
@@ -112,6 +126,7 @@ public final class File: ShardFile {
     {
         try checkOpen(.write)
         try checkAlignment(.write, address: buffer.baseAddress, count: buffer.count, offset: offset)
+        if let simulated { return try await simulated.write(buffer, at: offset, durable: durable) }
         let fd = descriptor
         let flags = durable ? cs_rwf_dsync() : 0
         let result = try await shard.perform(.write, target: path, offloaded: durable,
@@ -130,7 +145,7 @@ public final class File: ShardFile {
         guard count <= buffer.count else {
             throw IOError(.read, .invalidArgument("length \(count) exceeds the buffer's \(buffer.count)"), target: path)
         }
-        guard buffer.pool.registered else {
+        guard buffer.pool.registered, simulated == nil else {
             return try await read(into: UnsafeMutableRawBufferPointer(start: buffer.base, count: count), at: offset)
         }
         try checkOpen(.read)
@@ -150,7 +165,7 @@ public final class File: ShardFile {
         guard count <= buffer.count else {
             throw IOError(.write, .invalidArgument("length \(count) exceeds the buffer's \(buffer.count)"), target: path)
         }
-        guard buffer.pool.registered else {
+        guard buffer.pool.registered, simulated == nil else {
             return try await write(UnsafeRawBufferPointer(start: buffer.base, count: count), at: offset,
                                    durable: durable)
         }
@@ -170,6 +185,7 @@ public final class File: ShardFile {
 
     public func sync(urgent: Bool) async throws(IOError) {
         try checkOpen(.fdatasync)
+        if let simulated { return try await simulated.sync() }
         let fd = descriptor
         _ = try await shard.perform(.fdatasync, target: path, offloaded: true, urgent: urgent) { ring, userData, _ in
             cs_prep_fsync(ring, fd, true, userData)
@@ -179,6 +195,7 @@ public final class File: ShardFile {
     /// fsync: data and metadata (use after creating or resizing a file whose size matters).
     public func fullSync() async throws(IOError) {
         try checkOpen(.fsync)
+        if let simulated { return try await simulated.sync() }
         let fd = descriptor
         _ = try await shard.perform(.fsync, target: path, offloaded: true) { ring, userData, _ in
             cs_prep_fsync(ring, fd, false, userData)
@@ -187,10 +204,19 @@ public final class File: ShardFile {
 
     public func allocate(at offset: UInt64, length: UInt64) async throws(IOError) {
         try checkOpen(.fallocate)
+        if let simulated { return try await simulated.allocate(at: offset, length: length) }
         let fd = descriptor
         _ = try await shard.perform(.fallocate, target: path, offloaded: true) { ring, userData, _ in
             cs_prep_fallocate(ring, fd, 0, offset, length, userData)
         }
+    }
+
+    /// Cuts the file to `length` bytes (or extends it with zeros). Synchronous underneath on the reactor (it is rare:
+    /// recovery of a torn tail); durable after `fullSync`.
+    public func truncate(to length: UInt64) async throws(IOError) {
+        try checkOpen(.write)
+        if let simulated { return try await simulated.truncate(to: length) }
+        if ftruncate(descriptor, off_t(length)) != 0 { throw IOError(.write, .system(errno: Glibc.errno), target: path) }
     }
 
     /// Closes the descriptor. Synchronous underneath: closing an O_DIRECT file is quick, and a close that could be
@@ -198,6 +224,7 @@ public final class File: ShardFile {
     public func close() async throws(IOError) {
         try checkOpen(.close)
         closed = true
+        if let simulated { return simulated.close() }
         if Glibc.close(descriptor) != 0 { throw IOError(.close, .system(errno: Glibc.errno), target: path) }
     }
 }

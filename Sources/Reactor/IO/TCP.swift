@@ -10,17 +10,29 @@ public final class TCPConnection: ShardConnection {
     public let descriptor: Int32
     public let peer: String
     let shard: Shard
+    /// The simulator's connection, in a simulated reactor (`descriptor` is then -1).
+    let simulated: (any SimulatedConnection)?
     private var closed = false
 
     init(descriptor: Int32, peer: String, shard: Shard) {
         self.descriptor = descriptor
         self.peer = peer
         self.shard = shard
+        self.simulated = nil
         _ = cs_tcp_nodelay(descriptor)
     }
 
+    init(simulated: any SimulatedConnection, shard: Shard) {
+        self.descriptor = -1
+        self.peer = simulated.peer
+        self.shard = shard
+        self.simulated = simulated
+    }
+
     deinit {
-        if !closed { Glibc.close(descriptor) }
+        if !closed {
+            if let simulated { simulated.close() } else { Glibc.close(descriptor) }
+        }
     }
 
     static func connect(host: String, port: UInt16, on shard: Shard) async throws(IOError) -> TCPConnection {
@@ -44,6 +56,7 @@ public final class TCPConnection: ShardConnection {
 
     public func receive(into buffer: UnsafeMutableRawBufferPointer) async throws(IOError) -> Int {
         try checkOpen(.recv)
+        if let simulated { return try await simulated.receive(into: buffer) }
         let fd = descriptor
         let result = try await shard.perform(.recv, target: peer) { ring, userData, _ in
             cs_prep_recv(ring, fd, buffer.baseAddress, UInt32(buffer.count), userData)
@@ -53,6 +66,7 @@ public final class TCPConnection: ShardConnection {
 
     public func send(_ buffer: UnsafeRawBufferPointer) async throws(IOError) {
         try checkOpen(.send)
+        if let simulated { return try await simulated.send(buffer) }
         let fd = descriptor
         var sent = 0
         while sent < buffer.count {
@@ -68,6 +82,7 @@ public final class TCPConnection: ShardConnection {
     public func close() async throws(IOError) {
         try checkOpen(.close)
         closed = true
+        if let simulated { return simulated.close() }
         _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
         if Glibc.close(descriptor) != 0 { throw IOError(.close, .system(errno: Glibc.errno), target: peer) }
     }
@@ -92,6 +107,17 @@ public final class TCPListener: ShardListener, MultishotHandler {
     private var closed = false
     /// Connections closed because the backlog was full.
     public private(set) var refused = 0
+    /// The simulator's listener, in a simulated reactor (`descriptor` is then -1).
+    let simulated: (any SimulatedListener)?
+
+    init(host: String, simulated: any SimulatedListener, on shard: Shard) {
+        self.descriptor = -1
+        self.port = simulated.port
+        self.host = host
+        self.backlogLimit = 1024
+        self.shard = shard
+        self.simulated = simulated
+    }
 
     init(host: String, port: UInt16, reusePort: Bool, backlogLimit: Int = 1024, on shard: Shard) throws(IOError) {
         guard shard.isCurrent else {
@@ -106,6 +132,7 @@ public final class TCPListener: ShardListener, MultishotHandler {
         self.host = host
         self.backlogLimit = backlogLimit
         self.shard = shard
+        self.simulated = nil
         do {
             try arm()
         } catch {
@@ -115,6 +142,10 @@ public final class TCPListener: ShardListener, MultishotHandler {
     }
 
     deinit {
+        if let simulated {
+            if !closed { simulated.close() }
+            return
+        }
         for fd in ready { Glibc.close(fd) }
         if !closed {
             // The armed accept holds this listener only weakly; cancel it so the kernel lets go of the socket.
@@ -159,6 +190,10 @@ public final class TCPListener: ShardListener, MultishotHandler {
     }
 
     public func accept() async throws(IOError) -> TCPConnection {
+        if let simulated {
+            if closed { throw IOError(.accept, .system(errno: EBADF), target: "\(host):\(port)") }
+            return TCPConnection(simulated: try await simulated.accept(), shard: shard)
+        }
         while true {
             if !ready.isEmpty {
                 return TCPConnection(descriptor: ready.removeFirst(), peer: "accepted on \(port)", shard: shard)
@@ -190,6 +225,7 @@ public final class TCPListener: ShardListener, MultishotHandler {
     public func close() async throws(IOError) {
         guard !closed else { return }
         closed = true
+        if let simulated { return simulated.close() }
         if let acceptUserData { shard.cancel(acceptUserData) }
         for fd in ready { Glibc.close(fd) }
         ready.removeAll()

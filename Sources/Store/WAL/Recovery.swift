@@ -33,8 +33,8 @@ struct Recovery {
     }
 
     /// Segment indices present on disk, ascending.
-    private func segmentIndices() -> [Int] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: configuration.directory)) ?? []
+    private func segmentIndices() async -> [Int] {
+        let names = (try? await context.listDirectory(configuration.directory)) ?? []
         return names.compactMap { name -> Int? in
             guard name.hasPrefix("segment-"), name.hasSuffix(".wal") else { return nil }
             return Int(name.dropFirst("segment-".count).dropLast(".wal".count))
@@ -89,7 +89,7 @@ struct Recovery {
     mutating func run(from start: UInt64, _ replay: (RecoveredEntry) throws(StoreError) -> Void)
         async throws(StoreError) -> Result
     {
-        indices = segmentIndices()
+        indices = await segmentIndices()
         let first = Int(start / segmentSize)
         guard indices.contains(first) else {
             // Nothing was written past the checkpoint (the segment it points into was never created).

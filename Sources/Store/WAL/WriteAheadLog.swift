@@ -97,9 +97,9 @@ public final class WriteAheadLog {
     ) async throws(StoreError) -> WriteAheadLog {
         try configuration.validate()
         do {
-            try FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
+            try await context.createDirectory(configuration.directory)
         } catch {
-            throw .io(IOError(.open, .system(errno: EACCES), target: configuration.directory))
+            throw .io(error)
         }
         var recovery = Recovery(configuration: configuration, context: context)
         let result = try await recovery.run(from: start) { (entry) throws(StoreError) in
@@ -357,7 +357,7 @@ public final class WriteAheadLog {
     private func prepare(_ index: Int) async throws(StoreError) -> File {
         let path = segmentPath(index)
         do {
-            var exists = FileManager.default.fileExists(atPath: path)
+            var exists = await context.fileExists(path)
             if !exists, let old = spare.popLast() {
                 // A segment nobody needs any more becomes this one. Its old entries sit at other positions, so they
                 // fail the position-seeded checksum: recovery can never take them for entries of this segment. The
@@ -369,7 +369,8 @@ public final class WriteAheadLog {
                 exists = true
             }
             let file = try await context.open(path, options: FileOpenOptions(create: true))
-            if !exists || (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) != configuration.segmentSizeBytes {
+            let size = exists ? await context.fileSize(path) : nil
+            if !exists || size != configuration.segmentSizeBytes {
                 try await file.allocate(at: 0, length: segmentSize)
                 let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
                 defer { zeros.deallocate() }
@@ -401,7 +402,7 @@ public final class WriteAheadLog {
     private func existingSegment(_ index: Int) async throws(StoreError) -> File {
         if let file = segments[index] { return file }
         let path = segmentPath(index)
-        guard FileManager.default.fileExists(atPath: path), !spare.contains(index) else {
+        guard await context.fileExists(path), !spare.contains(index) else {
             throw .corruption(file: path, position: 0, detail: "segment \(index) is missing")
         }
         do {
@@ -425,15 +426,15 @@ public final class WriteAheadLog {
         var candidates = Set(segments.keys)
         candidates.formUnion(segmentsAtOpen)
         for index in candidates.sorted() where index < limit && !live.contains(index) && readers[index] == nil
-            && !spare.contains(index) && FileManager.default.fileExists(atPath: segmentPath(index))
+            && !spare.contains(index)
         {
-            spare.append(index)
+            if await context.fileExists(segmentPath(index)) { spare.append(index) }
         }
         segmentsAtOpen.removeAll { $0 < limit && spare.contains($0) }
         while spare.count > configuration.maxSpareSegments {
             let index = spare.removeFirst()
             if let file = segments.removeValue(forKey: index) { try? await file.close() }
-            try? FileManager.default.removeItem(atPath: segmentPath(index))
+            try? await context.removeFile(segmentPath(index))
         }
     }
 

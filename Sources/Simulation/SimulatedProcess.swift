@@ -1,0 +1,241 @@
+import Platform
+import Reactor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One simulated process on its own simulated machine: an address, a disk that outlives the process, clocks that can
+/// drift and jump, and, while it runs, a simulated reactor. `start` boots it (the body runs as a task on its shard 0),
+/// `crash` kills it at once (queued jobs never run, unsynced writes may be lost or torn, peers see their connections
+/// end), `pause` stops it from running for a while (a SIGSTOP), and `start` again reboots it from its disk.
+public final class SimulatedProcess: SimulationBackend {
+    public let id: Int
+    public let name: String
+    public let host: String
+    unowned let simulator: Simulator
+    public let disk: SimulatedDisk
+
+    /// Bumped at each boot and crash: work of an older incarnation is dropped.
+    public private(set) var generation = 0
+    public private(set) var isAlive = false
+    public private(set) var isPaused = false
+    public private(set) var reactor: Reactor?
+    public private(set) var boots = 0
+    var runQueues: [RunQueue] = []
+    var endpoints: [SimulatedEndpoint] = []
+    var listeners: [SimulatedSocketListener] = []
+
+    /// Monotonic clock drift, in parts per million (the process's clock runs this much fast or slow).
+    public var driftPPM: Int64 = 0
+    /// Added to the wall clock (a clock jump changes it).
+    public var wallClockOffsetMilliseconds: Int64 = 0
+    /// Disk faults for this process's machine.
+    public var diskFaults = DiskFaults()
+
+    init(simulator: Simulator, id: Int, name: String, host: String) {
+        self.simulator = simulator
+        self.id = id
+        self.name = name
+        self.host = host
+        self.disk = SimulatedDisk()
+    }
+
+    /// Boots the process: a simulated reactor of `shards` shards, with `body` run as a task on its shard 0.
+    public func start(shards: Int = 1, _ body: @escaping @Sendable (Reactor, ShardContext) async -> Void) {
+        precondition(!isAlive, "\(name) is already running")
+        generation += 1
+        boots += 1
+        isAlive = true
+        isPaused = false
+        runQueues = []
+        let reactor = try! Reactor(simulation: self, shardCount: shards)
+        self.reactor = reactor
+        simulator.trace(3, UInt64(id), UInt64(generation))
+        let shard = reactor.shards[0]
+        Task(executorPreference: shard) {
+            await body(reactor, ShardContext(shard: shard))
+        }
+    }
+
+    /// Kills the process: nothing it queued runs, its connections end (peers see them close), its listeners go,
+    /// and its disk keeps what was durable plus, at random, some of what was not (`SimulatedDisk.crash`).
+    public func crash() {
+        guard isAlive else { return }
+        simulator.trace(4, UInt64(id), UInt64(generation))
+        isAlive = false
+        isPaused = false
+        generation += 1
+        simulator.dropQueues(of: self)
+        runQueues = []
+        for endpoint in endpoints { endpoint.processDied() }
+        endpoints = []
+        for listener in listeners { listener.close() }
+        listeners = []
+        disk.crash(simulator, survival: diskFaults.unsyncedSurvival)
+        reactor = nil
+    }
+
+    /// Stops (or resumes) running the process's jobs; timers and deliveries still arrive and wait.
+    public func setPaused(_ paused: Bool) {
+        guard isAlive, paused != isPaused else { return }
+        simulator.trace(5, UInt64(id), paused ? 1 : 0)
+        isPaused = paused
+        simulator.setPaused(self, paused)
+    }
+
+    // MARK: SimulationBackend: executor
+
+    public func schedule(_ job: UnownedJob, on shard: Shard) {
+        simulator.schedule(.job(job), on: shard, of: self, generation: generation)
+    }
+
+    public func schedule(_ call: @escaping @Sendable () -> Void, on shard: Shard) {
+        simulator.schedule(.call(call), on: shard, of: self, generation: generation)
+    }
+
+    // MARK: Clock
+
+    public var now: Instant {
+        let base = simulator.now
+        let drift = Int64(truncatingIfNeeded: base / 1_000_000) * driftPPM  // ns of drift per ms of time
+        let skewed = Int64(truncatingIfNeeded: base) + drift
+        // A large, fixed origin, so that nothing mistakes the simulated clock for a small number.
+        return Instant(nanoseconds: UInt64(1_000_000_000_000) &+ UInt64(max(0, skewed)))
+    }
+
+    public var wallClockMilliseconds: Int64 {
+        // 2026-01-01T00:00:00Z plus the run's virtual time.
+        1_767_225_600_000 + Int64(simulator.now / 1_000_000) + wallClockOffsetMilliseconds
+    }
+
+    public func nextRandom() -> UInt64 { simulator.next() }
+
+    public func sleep(until deadline: Instant, on shard: Shard) async throws(IOError) {
+        let current = now
+        if deadline <= current {
+            await Task.yield()
+            if Task.isCancelled { throw IOError(.timeout, .cancelled) }
+            return
+        }
+        // Back from the process's (drifting) clock to the simulator's.
+        let wait = deadline.nanoseconds - current.nanoseconds
+        let scaled = driftPPM == 0 ? wait : UInt64(max(1, Int64(wait) - Int64(wait) / 1_000_000 * driftPPM))
+        try await park(for: scaled, operation: .timeout, on: shard)
+    }
+
+    /// Suspends the calling task on `shard` for `delay` of virtual time; cancellation ends it early with `.cancelled`.
+    func park(for delay: UInt64, operation: IOOperation, on shard: Shard) async throws(IOError) {
+        if Task.isCancelled { throw IOError(operation, .cancelled) }
+        let waiter = Waiter()
+        let simulator = self.simulator
+        let fired: Bool = await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+                waiter.continuation = continuation
+                simulator.after(delay) { waiter.resume(true) }
+            }
+        } onCancel: { [bound = SimulatorBound(waiter)] in
+            // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.
+            bound.value.resume(false)
+        }
+        if !fired { throw IOError(operation, .cancelled) }
+    }
+
+    /// Suspends for `delay` of virtual time whatever happens (an I/O request in flight cannot be taken back).
+    func delay(_ delay: UInt64) async {
+        let simulator = self.simulator
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+            simulator.after(delay) { continuation.resume() }
+        }
+    }
+
+    // MARK: Files
+
+    func diskLatency() -> UInt64 {
+        if simulator.chance(diskFaults.slowRate) { return simulator.between(5_000_000, 60_000_000) }
+        return simulator.between(diskFaults.minLatency, diskFaults.maxLatency)
+    }
+
+    public func open(_ path: String, options: FileOpenOptions, on shard: Shard) async throws(IOError)
+        -> any SimulatedFile
+    {
+        await delay(diskLatency())
+        let inode = try disk.open(path, options: options)
+        return SimulatedDiskFile(path: path, inode: inode, process: self, readOnly: options.readOnly)
+    }
+
+    public func rename(_ from: String, to: String, on shard: Shard) async throws(IOError) {
+        await delay(diskLatency())
+        try disk.rename(from, to: to)
+    }
+
+    public func syncDirectory(_ path: String, on shard: Shard) async throws(IOError) {
+        await delay(diskLatency())
+        try failMaybe(.fsync, path)
+        disk.syncDirectory(path)
+    }
+
+    public func createDirectory(_ path: String, on shard: Shard) async throws(IOError) {
+        disk.createDirectory(path)
+    }
+
+    public func removeFile(_ path: String, on shard: Shard) async throws(IOError) {
+        try disk.remove(path)
+    }
+
+    public func fileSize(_ path: String, on shard: Shard) async -> Int? { disk.size(path) }
+
+    public func listDirectory(_ path: String, on shard: Shard) async throws(IOError) -> [String] {
+        try disk.list(path)
+    }
+
+    /// Throws an injected EIO with the configured probability.
+    func failMaybe(_ operation: IOOperation, _ path: String) throws(IOError) {
+        if simulator.chance(diskFaults.errorRate) {
+            simulator.trace(6, UInt64(id))
+            throw IOError(operation, .system(errno: EIO), target: path)
+        }
+    }
+
+    // MARK: Network
+
+    public func listen(host: String, port: UInt16, on shard: Shard) throws(IOError) -> any SimulatedListener {
+        let listener = try simulator.network.listen(host: host, port: port, process: self)
+        listeners.append(listener)
+        return listener
+    }
+
+    public func connect(host: String, port: UInt16, on shard: Shard) async throws(IOError)
+        -> any SimulatedConnection
+    {
+        try await simulator.network.connect(from: self, host: host, port: port, on: shard)
+    }
+}
+
+/// A continuation resumed at most once: by its timer, or by a cancellation.
+final class Waiter {
+    var continuation: UnsafeContinuation<Bool, Never>?
+
+    func resume(_ value: Bool) {
+        guard let continuation else { return }
+        self.continuation = nil
+        continuation.resume(returning: value)
+    }
+}
+
+/// Disk behaviour of one simulated machine.
+public struct DiskFaults: Sendable {
+    /// Latency of an ordinary request, in nanoseconds.
+    public var minLatency: UInt64 = 20_000
+    public var maxLatency: UInt64 = 400_000
+    /// Probability of a request taking 5 to 60 ms.
+    public var slowRate = 0.0
+    /// Probability of a read, write or sync failing with EIO.
+    public var errorRate = 0.0
+    /// Probability that an unsynced write survives a crash (else it is lost); a surviving one may be torn.
+    public var unsyncedSurvival = 0.5
+    /// Probability that a read returns one flipped bit (a corrupted or misdirected block).
+    public var corruptionRate = 0.0
+
+    public init() {}
+}

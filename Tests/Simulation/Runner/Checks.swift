@@ -1,0 +1,157 @@
+import CSupport
+import Client
+import PlacementDriver
+import Reactor
+import Records
+import Simulation
+
+/// The invariants, checked while the run goes (sampled every few virtual milliseconds) and at its end.
+final class Checks: @unchecked Sendable {
+    private(set) var violations: [String] = []
+    /// The leader seen for each term: two different ones break election safety.
+    private var leaders: [UInt64: Int] = [:]
+    /// A digest of the streams and ranges a member's state machine held at each applied index it was seen at.
+    private var states: [UInt64: (member: Int, digest: UInt64)] = [:]
+    var samples = 0
+
+    func fail(_ message: String) {
+        if violations.count < 50 { violations.append(message) }
+    }
+
+    /// Election safety and state machine safety, from what each live member shows now.
+    func sample(_ nodes: [SimulatedNode]) {
+        samples += 1
+        for node in nodes {
+            guard node.process.isAlive, let member = node.member, let reactor = node.process.reactor else { continue }
+            reactor.shards[0].runSimulated {
+                if member.isLeader {
+                    if let other = leaders[member.term], other != node.index {
+                        fail("election safety: members \(other) and \(node.index) both led term \(member.term)")
+                    }
+                    leaders[member.term] = node.index
+                }
+                let applied = member.appliedIndex
+                guard applied > 0 else { return }
+                let digest = Checks.digest(member.state)
+                if let seen = states[applied] {
+                    if seen.digest != digest {
+                        fail("state machine safety: members \(seen.member) and \(node.index) differ at applied index \(applied)")
+                    }
+                } else {
+                    states[applied] = (node.index, digest)
+                }
+            }
+        }
+    }
+
+    /// A digest of what the state machine says about streams and their ranges (sorted lists, so that two members
+    /// with the same content agree whatever order their dictionaries hold it in).
+    static func digest(_ state: PDStateMachine) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ value: UInt64) { hash = (hash ^ value) &* 0x100_0000_01b3 }
+        for stream in state.listStreams(after: 0, limit: Int.max) {
+            mix(stream.streamID)
+            mix(stream.epoch)
+            mix(stream.startOffset)
+            mix(stream.deleted ? 1 : 0)
+            for range in (try? state.listRanges(stream: stream.streamID)) ?? [] {
+                mix(UInt64(range.index))
+                mix(range.epoch)
+                mix(range.startOffset)
+                mix(range.endOffset)
+                mix(range.sealed ? 1 : 0)
+                for server in range.servers { mix(server.serverID) }
+            }
+        }
+        return hash
+    }
+
+    /// The placement driver's epochs and stream ids against a model: each open takes the stream's next epoch, each
+    /// create the next id. Linearizable means: no two calls got the same value, and a call that answered before
+    /// another was made got the smaller value.
+    func checkHistory(_ ledger: Ledger) {
+        var byStream: [UInt64: [Ledger.OpenCall]] = [:]
+        for call in ledger.opens { byStream[call.stream, default: []].append(call) }
+        for (stream, calls) in byStream.sorted(by: { $0.key < $1.key }) {
+            var seen: [UInt64: Int] = [:]
+            for (i, call) in calls.enumerated() {
+                if let j = seen[call.epoch] {
+                    fail("linearizability: opens \(j) and \(i) of stream \(stream) both got epoch \(call.epoch)")
+                }
+                seen[call.epoch] = i
+            }
+            for a in calls {
+                for b in calls where a.answered < b.invoked && a.epoch >= b.epoch {
+                    fail("linearizability: stream \(stream) opened with epoch \(a.epoch), then later with \(b.epoch)")
+                }
+            }
+        }
+        for a in ledger.creates {
+            for b in ledger.creates where a.answered < b.invoked && a.stream >= b.stream {
+                fail("linearizability: stream \(a.stream) created before stream \(b.stream) was asked for")
+            }
+        }
+        if Set(ledger.creates.map(\.stream)).count != ledger.creates.count {
+            fail("linearizability: two creates got the same stream id")
+        }
+    }
+
+    /// Every acknowledged record is there, at its offset, byte for byte; no payload appears twice; nothing appears that
+    /// no writer sent (AllAckedEntriesAreReadable, and exactly once).
+    func checkStream(_ stream: UInt64, read: [ReadRecord], ledger: Ledger) {
+        var byOffset: [UInt64: [UInt8]] = [:]
+        var payloads: Set<[UInt8]> = []
+        var previous: UInt64?
+        for record in read {
+            if let previous, record.offset != previous + 1 {
+                fail("stream \(stream): offsets jump from \(previous) to \(record.offset)")
+            }
+            previous = record.offset
+            byOffset[record.offset] = record.record.value
+            if !payloads.insert(record.record.value).inserted {
+                fail("stream \(stream): payload \(Checks.name(record.record.value)) read twice (at \(record.offset))")
+            }
+        }
+        let acknowledged = ledger.acknowledged[stream] ?? []
+        var acknowledgedPayloads: Set<[UInt8]> = []
+        var lost = 0
+        for ack in acknowledged {
+            acknowledgedPayloads.insert(ack.payload)
+            guard let value = byOffset[ack.offset] else {
+                lost += 1
+                if lost <= 3 {
+                    fail("stream \(stream): acknowledged offset \(ack.offset) (\(Checks.name(ack.payload)), epoch \(ack.epoch)) is not readable")
+                }
+                continue
+            }
+            if value != ack.payload {
+                fail("stream \(stream): offset \(ack.offset) holds \(Checks.name(value)), acknowledged as \(Checks.name(ack.payload)) (epoch \(ack.epoch))")
+            }
+        }
+        if lost > 3 { fail("stream \(stream): \(lost) acknowledged records are not readable in all") }
+        let unanswered = ledger.unanswered[stream] ?? []
+        for (offset, value) in byOffset.sorted(by: { $0.key < $1.key })
+        where !acknowledgedPayloads.contains(value) && !unanswered.contains(value) {
+            // A payload another writer sent to its own stream cannot be here; nor can one nobody sent.
+            fail("stream \(stream): offset \(offset) holds \(Checks.name(value)), which no append to this stream sent")
+            break
+        }
+    }
+
+    static func name(_ payload: [UInt8]) -> String {
+        let end = payload.firstIndex(of: UInt8(ascii: "-"), after: 2) ?? payload.count
+        return String(decoding: payload.prefix(min(end, 32)), as: UTF8.self)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// The index of the third "-" (the end of "writer-N-SEQ"), if any.
+    func firstIndex(of byte: UInt8, after count: Int) -> Int? {
+        var seen = 0
+        for (i, b) in enumerated() where b == byte {
+            seen += 1
+            if seen > count { return i }
+        }
+        return nil
+    }
+}
