@@ -121,6 +121,10 @@ public final class PDMember {
     public var voters: Set<NodeID> { node.voters }
     public var commitIndex: UInt64 { node.commitIndex }
     public var storageSyncs: Int { storage.syncs }
+    /// What is waiting on this member, for diagnosis.
+    public var waiting: String {
+        "proposals \(proposals.count) reads \(reads.count) processing \(processing) stopped \(stopped)"
+    }
 
     // MARK: - Inputs
 
@@ -224,6 +228,7 @@ public final class PDMember {
                     // Without its log on disk this member must not vote or acknowledge anything: stop it.
                     logger.critical("Raft storage failed; the member stops", metadata: ["error": "\(error)"])
                     stopped = true
+                    context.reportFatal("the placement driver member's Raft log could not be written: \(error)")
                     failWaiters(PDError(.storageFailed, "the member's Raft log could not be written: \(error)"))
                     return
                 }

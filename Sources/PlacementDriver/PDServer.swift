@@ -106,6 +106,15 @@ public final class PDServer {
 
     public var peerPort: UInt16 { peerListener.port }
 
+    /// The client and peer listeners' connections, requests in flight and bytes held, for diagnosis.
+    public var diagnostics: String {
+        func describe(_ server: FrameServer?) -> String {
+            guard let server else { return "none" }
+            return "connections \(server.connectionCount) in-flight \(server.inFlight) buffered \(server.bufferedBytes)"
+        }
+        return "clients: \(describe(clients)); peers: \(describe(peers))"
+    }
+
     public func stop() async {
         stopped = true
         await clients?.stop(drainTimeout: .milliseconds(200))

@@ -163,6 +163,14 @@ public final class Reactor: Sendable {
         logger.info("reactor stopped")
     }
 
+    /// Sets what happens when a component finds its disk has failed under it (the WAL could not write, the Raft log
+    /// could not be persisted): `elastic-stream` exits, so that its supervisor restarts it and recovery starts from
+    /// what is durable; a simulation crashes the simulated process. Without a handler the component stops itself
+    /// (refusing everything with a storage error) and the process goes on.
+    public func onFatalFailure(_ handler: @escaping @Sendable (String) -> Void) {
+        fabric.fatalHandler.withLock { $0 = handler }
+    }
+
     /// Stalls the stall detector has reported since start.
     public var stallsReported: Int { stallDetector?.stallsReported.load(ordering: .relaxed) ?? 0 }
 

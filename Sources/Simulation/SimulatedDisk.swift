@@ -162,6 +162,17 @@ public final class SimulatedDisk {
         content.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
     }
 
+    /// Forgets everything (the end of a run).
+    func wipe() {
+        for inode in Array(names.values) + Array(durableNames.values) {
+            inode.data = []
+            inode.durable = []
+            inode.pending = []
+        }
+        names = [:]
+        durableNames = [:]
+    }
+
     /// Bytes held, current and durable, for the report.
     public var bytesHeld: Int {
         var seen = Set<ObjectIdentifier>()

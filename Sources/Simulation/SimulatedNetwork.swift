@@ -21,6 +21,8 @@ public final class SimulatedNetwork {
     /// Probability that a delivery takes 5 to 50 ms.
     public var slowRate = 0.0
     public private(set) var connectionsMade = 0
+    /// Prints connection events (for diagnosing one seed).
+    public var debug: ((String) -> Void)?
     public private(set) var resets = 0
 
     init() {}
@@ -28,6 +30,12 @@ public final class SimulatedNetwork {
     func latency() -> UInt64 {
         if simulator.chance(slowRate) { return simulator.between(5_000_000, 50_000_000) }
         return simulator.between(minLatency, maxLatency)
+    }
+
+    func tearDown() {
+        for listener in Array(listeners.values) { listener.close() }
+        listeners = [:]
+        blocked = []
     }
 
     // MARK: Partitions
@@ -92,9 +100,11 @@ public final class SimulatedNetwork {
         if isBlocked(from: process.host, to: host) || isBlocked(from: host, to: process.host) {
             // The SYN is lost; the kernel gives up after a while.
             try await process.park(for: 1_000_000_000, operation: .connect, on: shard)
+            debug?("\(process.name) -> \(key): timed out (partition)")
             throw IOError(.connect, .system(errno: ETIMEDOUT), target: key)
         }
         guard let listener = listeners[key], !listener.closed, listener.process.isAlive else {
+            debug?("\(process.name) -> \(key): refused")
             throw IOError(.connect, .system(errno: ECONNREFUSED), target: key)
         }
         nextPort = nextPort == UInt16.max ? 40_000 : nextPort + 1
@@ -108,6 +118,7 @@ public final class SimulatedNetwork {
         connectionsMade += 1
         simulator.trace(13, UInt64(process.id), UInt64(listener.process.id))
         listener.arrived(server)
+        debug?("\(process.name) -> \(key): connected")
         return client
     }
 }
@@ -186,7 +197,7 @@ final class SimulatedEndpoint: SimulatedConnection {
             self.waiter = waiter
             _ = await withTaskCancellationHandler {
                 await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-                    waiter.continuation = continuation
+                    waiter.park(continuation)
                 }
             } onCancel: { [bound = SimulatorBound(waiter)] in
                 // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.
@@ -247,6 +258,7 @@ final class SimulatedEndpoint: SimulatedConnection {
 
     func close() {
         guard !closed else { return }
+        network.debug?("\(process.name) closes its end of \(host) <-> \(peer)")
         closed = true
         waiter?.resume(true)
         waiter = nil
@@ -289,13 +301,19 @@ final class SimulatedSocketListener: SimulatedListener {
     func accept() async throws(IOError) -> any SimulatedConnection {
         while true {
             if closed { throw IOError(.accept, .system(errno: EBADF), target: key) }
-            if let endpoint = pending.pop() { return endpoint }
-            if Task.isCancelled { throw IOError(.accept, .cancelled, target: key) }
+            if let endpoint = pending.pop() {
+                network.debug?("\(key) accepts \(endpoint.peer)")
+                return endpoint
+            }
+            if Task.isCancelled {
+                network.debug?("\(key) accept cancelled")
+                throw IOError(.accept, .cancelled, target: key)
+            }
             let waiter = Waiter()
             self.waiter = waiter
             _ = await withTaskCancellationHandler {
                 await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-                    waiter.continuation = continuation
+                    waiter.park(continuation)
                 }
             } onCancel: { [bound = SimulatorBound(waiter)] in
                 // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.

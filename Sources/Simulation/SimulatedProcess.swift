@@ -76,6 +76,14 @@ public final class SimulatedProcess: SimulationBackend {
         reactor = nil
     }
 
+    /// Crashes the process as soon as the job running now is done (for a process that decides to exit).
+    public func crashSoon() {
+        let generation = self.generation
+        simulator.after(0) { [self] in
+            if self.generation == generation { crash() }
+        }
+    }
+
     /// Stops (or resumes) running the process's jobs; timers and deliveries still arrive and wait.
     public func setPaused(_ paused: Bool) {
         guard isAlive, paused != isPaused else { return }
@@ -131,7 +139,7 @@ public final class SimulatedProcess: SimulationBackend {
         let simulator = self.simulator
         let fired: Bool = await withTaskCancellationHandler {
             await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-                waiter.continuation = continuation
+                waiter.park(continuation)
                 simulator.after(delay) { waiter.resume(true) }
             }
         } onCancel: { [bound = SimulatorBound(waiter)] in
@@ -212,14 +220,32 @@ public final class SimulatedProcess: SimulationBackend {
     }
 }
 
-/// A continuation resumed at most once: by its timer, or by a cancellation.
+/// A continuation resumed once: by its timer, its event, or a cancellation, whichever comes first. The wake may come
+/// before the continuation is set (the await that parks may hop to the shard first, and other jobs run in between):
+/// it is then kept and delivered the moment the continuation arrives.
 final class Waiter {
-    var continuation: UnsafeContinuation<Bool, Never>?
+    private var continuation: UnsafeContinuation<Bool, Never>?
+    private var early: Bool?
+    private var done = false
+
+    func park(_ continuation: UnsafeContinuation<Bool, Never>) {
+        if let early {
+            done = true
+            continuation.resume(returning: early)
+        } else {
+            self.continuation = continuation
+        }
+    }
 
     func resume(_ value: Bool) {
-        guard let continuation else { return }
-        self.continuation = nil
-        continuation.resume(returning: value)
+        guard !done else { return }
+        if let continuation {
+            done = true
+            self.continuation = nil
+            continuation.resume(returning: value)
+        } else if early == nil {
+            early = value
+        }
     }
 }
 

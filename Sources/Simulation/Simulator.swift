@@ -181,6 +181,19 @@ public final class Simulator: @unchecked Sendable {
     }
 
     func queue(for shard: Shard) -> RunQueue? { queues[ObjectIdentifier(shard)] }
+
+    /// Ends the run: every process crashes, every timer and queued job is dropped, and the disks let go of their
+    /// bytes. The tasks of the run stay suspended forever (nothing resumes them), holding little.
+    public func tearDown() {
+        for process in processes {
+            process.crash()
+            process.disk.wipe()
+        }
+        timers = TimerHeap()
+        ready = []
+        queues = [:]
+        network.tearDown()
+    }
 }
 
 enum RunItem {

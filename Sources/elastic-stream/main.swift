@@ -88,6 +88,13 @@ do {
     fail("the reactor did not start: \(error)")
 }
 
+// A disk that fails under the WAL or the Raft log ends the process (exit 70): a supervisor restarts it, and recovery
+// starts from what is durable, rather than the node serving on with a dead shard or a stopped member.
+reactor.onFatalFailure { reason in
+    Logger(label: "elastic-stream").critical("fatal storage failure: exiting", metadata: ["reason": "\(reason)"])
+    _exit(70)
+}
+
 let own = pdConfiguration.ownAddress!
 let settings = PDMember.Settings(
     id: pdConfiguration.memberID, initialVoters: Set(pdConfiguration.members.map(\.id)),

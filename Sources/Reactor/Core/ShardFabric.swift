@@ -21,6 +21,9 @@ final class ShardFabric: @unchecked Sendable {
     let activity = Atomic<UInt64>(0)
     /// Set once the stopping reactor is quiescent (or a shard gave up waiting): every shard may exit.
     let quiesced = Atomic<Bool>(false)
+    /// What a fatal storage failure does to the process (`Reactor.onFatalFailure`); nil: the failing component stops
+    /// itself and the process goes on.
+    let fatalHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
 
     init(shardCount: Int, channelCapacity: Int) {
         self.shardCount = shardCount

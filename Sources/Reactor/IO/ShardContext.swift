@@ -120,6 +120,13 @@ public struct ShardContext: ShardEnvironment {
         }
     }
 
+    /// Reports a failure the process cannot serve through (its disk failed under the WAL or the Raft log) to the
+    /// reactor's handler (`Reactor.onFatalFailure`), if it has one.
+    public func reportFatal(_ reason: String) {
+        let handler = shard.fabric.fatalHandler.withLock { $0 }
+        handler?(reason)
+    }
+
     // MARK: Raw requests
 
     /// Submits an io_uring NOP and suspends until it completes.

@@ -284,6 +284,7 @@ public final class WriteAheadLog {
             // What this flush carried is not durable, and later flushes could not be told apart from it after a
             // crash: stop the log. Everyone waiting gets the error; the appends were not acknowledged.
             failure = error
+            context.reportFatal("the WAL of shard \(context.shardIndex) failed: \(error)")
             for waiter in done.waiters { waiter.continuation.resume(returning: .failure(error)) }
             let pending = fillWaiters
             fillWaiters = []

@@ -69,6 +69,9 @@ struct ClusterBuilder {
         let serverConfiguration = server
         node.process.start(shards: shape.shardsPerNode) { reactor, context in
             let node = box.value
+            // As `elastic-stream` exits on a fatal storage failure, the simulated process crashes (and is restarted).
+            let process = SimulatorBox(node.process)
+            reactor.onFatalFailure { _ in process.value.crashSoon() }
             do {
                 let member = try await PDMember.start(settings, on: context)
                 let pd = try PDServer.start(member: member, members: memberTable, on: context,
@@ -81,6 +84,7 @@ struct ClusterBuilder {
                 node.booted += 1
             } catch {
                 node.bootFailures.append("\(error)")
+                node.process.crashSoon()
             }
         }
     }

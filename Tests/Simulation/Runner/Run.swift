@@ -67,6 +67,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
             log("\(victim.process.name) reads corrupted blocks now and then")
         }
     }
+    if options.verbose { simulator.network.debug = { log($0) } }
     for node in nodes { builder.boot(node, all: nodes) }
     let writers = (1...shape.writers).map { i in
         simulator.addProcess(name: "writer-\(i)", host: "127.0.2.\(i)")
@@ -92,11 +93,10 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
                 builder.boot(node, all: nodes)
             }
         }
-        // A boot that failed ends its process, as `elastic-stream` exits; it is started again a second later.
-        for node in nodes where node.process.isAlive && node.member == nil && node.bootFailures.count > 0
-            && node.bootFailures.count + node.booted >= node.process.boots && restartAt[node.index] == nil
-        {
-            log("\(node.process.name) failed to boot: \(node.bootFailures.last!)")
+        // A process that ended itself (a failed boot, a fatal storage failure), as `elastic-stream` exits, is
+        // started again a second later, as its supervisor would.
+        for node in nodes where !node.process.isAlive && restartAt[node.index] == nil {
+            log("\(node.process.name) exited\(node.bootFailures.last.map { ": boot failed: \($0)" } ?? "")")
             builder.crash(node)
             restartAt[node.index] = simulator.now + second
         }
@@ -261,6 +261,17 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         }
     }
     if !readBack.done { checks.fail("liveness: reading the streams back did not finish within 120 s") }
+    if options.verbose {
+        for node in nodes {
+            guard let member = node.member, let reactor = node.process.reactor else {
+                log("\(node.process.name): no member (alive: \(node.process.isAlive))")
+                continue
+            }
+            reactor.shards[0].runSimulated {
+                log("\(node.process.name): role \(member.role) term \(member.term) leader \(member.leader) commit \(member.commitIndex) applied \(member.appliedIndex) \(member.waiting) \(node.server?.diagnostics ?? "")")
+            }
+        }
+    }
     for error in readBack.errors { checks.fail("read back: \(error)") }
     for stream in streams.sorted() {
         checks.checkStream(stream, read: readBack.records[stream] ?? [], ledger: ledger)
@@ -277,6 +288,6 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
                            failed: ledger.appendsFailed, crashes: crashes, summary: summary)
     // Everything the run made stays reachable from jobs that will never run; crash every process so that nothing
     // of this seed runs in the next one.
-    for process in simulator.processes { process.crash() }
+    simulator.tearDown()
     return result
 }
