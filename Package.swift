@@ -150,6 +150,8 @@ let package = Package(
                           dependencies: ["Simulation", "Client", "RangeServer", "PlacementDriver", "Raft", "Store", "Transport",
                                          "Records", "Reactor", "CSupport", .product(name: "Logging", package: "swift-log")],
                           path: "Tests/Simulation/Runner", swiftSettings: swiftSettings),
+        // Runs es-sim (built in release, in child processes) over 500 seeds, and checks a seed replays exactly.
+        .testTarget(name: "SimulationTests", swiftSettings: swiftSettings),
         // Helpers shared by the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "CSupport", "TestSupport"],
