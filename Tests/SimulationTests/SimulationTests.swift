@@ -62,6 +62,16 @@ struct SimulationTests {
         #expect(traces[0] != traces[2], "seeds 11 and 12 gave the same trace: \(traces)")
     }
 
+    /// A job that reaches Swift's global executor is caught: the run fails (and the job never runs).
+    @Test func aJobOnTheGlobalExecutorFailsTheRun() throws {
+        let simulator = try Self.simulator()
+        let (status, output) = try Self.run(simulator, ["--seed", "3", "--seconds", "4", "--stray-job"],
+                                            environment: ["SWIFT_DETERMINISTIC_HASHING": "1"])
+        #expect(status == 1, "the run with a stray job passed:\n\(output.suffix(2000))")
+        #expect(output.contains("Swift's global executor"), "no violation names the global executor:\n\(output.suffix(2000))")
+        #expect(!output.contains("a stray job ran"), "the stray job ran")
+    }
+
     /// 500 seeds of mixed faults (crashes, pauses, partitions, resets, clock jumps and drift, slow, failing and
     /// corrupting disks) with two writers; every invariant holds in each. ES_SIM_SEEDS changes the count.
     @Test func fiveHundredSeedsOfMixedFaults() throws {

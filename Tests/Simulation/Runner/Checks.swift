@@ -12,6 +12,9 @@ final class Checks: @unchecked Sendable {
     private var leaders: [UInt64: Int] = [:]
     /// A digest of the streams and ranges a member's state machine held at each applied index it was seen at.
     private var states: [UInt64: (member: Int, digest: UInt64)] = [:]
+    /// Every sealed range seen, with its bounds: a sealed range never changes.
+    private var sealed: [String: (start: UInt64, end: UInt64)] = [:]
+    private(set) var sealedRangesSeen = 0
     var samples = 0
 
     func fail(_ message: String) {
@@ -29,6 +32,19 @@ final class Checks: @unchecked Sendable {
                         fail("election safety: members \(other) and \(node.index) both led term \(member.term)")
                     }
                     leaders[member.term] = node.index
+                }
+                for stream in member.state.listStreams(after: 0, limit: Int.max) {
+                    for range in (try? member.state.listRanges(stream: stream.streamID)) ?? [] where range.sealed {
+                        let key = "\(stream.streamID)/\(range.index)"
+                        if let seen = sealed[key] {
+                            if seen.start != range.startOffset || seen.end != range.endOffset {
+                                fail("sealed range \(key) was [\(seen.start), \(seen.end)) and is now [\(range.startOffset), \(range.endOffset)) on member \(node.index)")
+                            }
+                        } else {
+                            sealed[key] = (range.startOffset, range.endOffset)
+                            sealedRangesSeen += 1
+                        }
+                    }
                 }
                 let applied = member.appliedIndex
                 guard applied > 0 else { return }

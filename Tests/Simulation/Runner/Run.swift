@@ -21,6 +21,8 @@ struct RunOptions {
     /// Virtual seconds the cluster gets, once the faults stop, to make progress again.
     var livenessSeconds: UInt64 = 30
     var verbose = false
+    /// Starts a process that hands a job to Swift's global executor: the run must fail (a check of the check).
+    var strayJob = false
 }
 
 struct RunResult {
@@ -72,19 +74,27 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
     let writers = (1...shape.writers).map { i in
         simulator.addProcess(name: "writer-\(i)", host: "127.0.2.\(i)")
     }
+    if options.strayJob {
+        let rogue = simulator.addProcess(name: "rogue", host: "127.0.4.1")
+        rogue.start { _, _ in
+            Task.detached { print("a stray job ran") }
+        }
+    }
     for (i, process) in writers.enumerated() {
         Writer(number: i + 1, simulator: simulator, ledger: ledger, pd: pd).start(on: process)
     }
 
     /// Nodes down (crashed, waiting for their restart).
     var restartAt: [Int: UInt64] = [:]
+    var strayReported = false
     let second: UInt64 = 1_000_000_000
     let faultEnd = options.faultSeconds * second
 
     func sampleAndRestart() {
         checks.sample(nodes)
-        if simulator.strayJobs > 0 {
-            checks.fail("a job reached Swift's global executor (\(simulator.strayJobs) so far)")
+        if simulator.strayJobs > 0 && !strayReported {
+            strayReported = true
+            checks.fail("a job reached Swift's global executor (at \(simulator.now / 1_000_000) ms)")
         }
         for node in nodes {
             if let at = restartAt[node.index], simulator.now >= at {
@@ -201,13 +211,13 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         }
         // Every writer's stream must take new records: one acknowledgement after healing is not enough when a
         // writer is stuck; count acknowledgements per stream.
-        if ledger.lastAcknowledged > healed + 2 * second, ledger.appendsAcknowledged > 0 {
+        if (1...shape.writers).allSatisfy({ (ledger.lastAcknowledgedBy[$0] ?? 0) > healed + 2 * second }) {
             progressed = true
             break
         }
     }
     if !progressed {
-        checks.fail("liveness: no append was acknowledged within \(options.livenessSeconds) s of healing "
+        checks.fail("liveness: not every writer had an append acknowledged within \(options.livenessSeconds) s of healing "
                     + "(failures: \(ledger.failures.sorted { $0.key < $1.key }))")
     }
 
@@ -218,6 +228,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
     final class ReadBack: @unchecked Sendable {
         var records: [UInt64: [ReadRecord]] = [:]
         var errors: [String] = []
+        var replicas = ReplicaCheck.Outcome()
         var done = false
     }
     let readBack = ReadBack()
@@ -250,9 +261,11 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
             }
             readBack.records[stream] = records
         }
+        readBack.replicas = await ReplicaCheck.run(client: client, streams: streams, read: readBack.records,
+                                                   context: context)
         readBack.done = true
     }
-    let readDeadline = simulator.now + 120 * second
+    let readDeadline = simulator.now + 300 * second
     while simulator.now < readDeadline && !readBack.done {
         if !simulator.step() { break }
         if simulator.now >= nextSample {
@@ -260,7 +273,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
             sampleAndRestart()
         }
     }
-    if !readBack.done { checks.fail("liveness: reading the streams back did not finish within 120 s") }
+    if !readBack.done { checks.fail("liveness: reading the streams back (and every replica of every sealed range) did not finish within 300 s") }
     if options.verbose {
         for node in nodes {
             guard let member = node.member, let reactor = node.process.reactor else {
@@ -273,13 +286,17 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         }
     }
     for error in readBack.errors { checks.fail("read back: \(error)") }
+    for problem in readBack.replicas.problems.prefix(5) { checks.fail("replica convergence: \(problem)") }
     for stream in streams.sorted() {
         checks.checkStream(stream, read: readBack.records[stream] ?? [], ledger: ledger)
     }
     checks.checkHistory(ledger)
-    if simulator.strayJobs > 0 { checks.fail("\(simulator.strayJobs) jobs reached Swift's global executor") }
+    if simulator.strayJobs > 0 && !strayReported {
+        checks.fail("\(simulator.strayJobs) jobs reached Swift's global executor")
+    }
 
     let summary = "durability=\(durability.rawValue) streams=\(streams.count) opens=\(ledger.opens.count) "
+        + "sealed-ranges=\(readBack.replicas.rangesChecked) replicas=\(readBack.replicas.replicasChecked) "
         + "read=\(readBack.records.values.reduce(0) { $0 + $1.count }) connections=\(simulator.network.connectionsMade) "
         + "resets=\(simulator.network.resets) failures=\(ledger.failures.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))"
     let result = RunResult(seed: seed, violations: checks.violations, traceHash: simulator.traceHash,

@@ -40,6 +40,8 @@ final class Ledger: @unchecked Sendable {
     var stopWriting = false
     /// Virtual time of the last acknowledgement, for the liveness check.
     var lastAcknowledged: UInt64 = 0
+    /// The same, per writer.
+    var lastAcknowledgedBy: [Int: UInt64] = [:]
 
     func noteFailure(_ error: ClientError) {
         appendsFailed += 1
@@ -135,6 +137,7 @@ struct Writer {
                 }
                 ledger.appendsAcknowledged += 1
                 ledger.lastAcknowledged = simulator.now
+                ledger.lastAcknowledgedBy[number] = simulator.now
             } catch {
                 ledger.noteFailure(error)
                 for payload in payloads { ledger.unanswered[target, default: []].insert(payload) }
