@@ -192,12 +192,12 @@ final class SimulatedDiskFile: SimulatedFile {
     let readOnly: Bool
     let generation: Int
 
-    init(path: String, inode: SimulatedDisk.Inode, process: SimulatedProcess, readOnly: Bool) {
+    init(path: String, inode: SimulatedDisk.Inode, process: SimulatedProcess, readOnly: Bool, generation: Int) {
         self.path = path
         self.inode = inode
         self.process = process
         self.readOnly = readOnly
-        self.generation = process.generation
+        self.generation = generation
     }
 
     /// A file opened before a crash is gone with the process that opened it.

@@ -9,7 +9,7 @@ import Glibc
 /// drift and jump, and, while it runs, a simulated reactor. `start` boots it (the body runs as a task on its shard 0),
 /// `crash` kills it at once (queued jobs never run, unsynced writes may be lost or torn, peers see their connections
 /// end), `pause` stops it from running for a while (a SIGSTOP), and `start` again reboots it from its disk.
-public final class SimulatedProcess: SimulationBackend {
+public final class SimulatedProcess {
     public let id: Int
     public let name: String
     public let host: String
@@ -49,7 +49,10 @@ public final class SimulatedProcess: SimulationBackend {
         isAlive = true
         isPaused = false
         runQueues = []
-        let reactor = try! Reactor(simulation: self, shardCount: shards)
+        // Each boot is its own backend, bound to its generation: a job, file or timer of an earlier boot that is still
+        // referenced somewhere is dropped, never run beside the new one.
+        let reactor = try! Reactor(simulation: SimulatedIncarnation(process: self, generation: generation),
+                                   shardCount: shards)
         self.reactor = reactor
         simulator.trace(3, UInt64(id), UInt64(generation))
         let shard = reactor.shards[0]
@@ -90,16 +93,6 @@ public final class SimulatedProcess: SimulationBackend {
         simulator.trace(5, UInt64(id), paused ? 1 : 0)
         isPaused = paused
         simulator.setPaused(self, paused)
-    }
-
-    // MARK: SimulationBackend: executor
-
-    public func schedule(_ job: UnownedJob, on shard: Shard) {
-        simulator.schedule(.job(job), on: shard, of: self, generation: generation)
-    }
-
-    public func schedule(_ call: @escaping @Sendable () -> Void, on shard: Shard) {
-        simulator.schedule(.call(call), on: shard, of: self, generation: generation)
     }
 
     // MARK: Clock
@@ -164,12 +157,12 @@ public final class SimulatedProcess: SimulationBackend {
         return simulator.between(diskFaults.minLatency, diskFaults.maxLatency)
     }
 
-    public func open(_ path: String, options: FileOpenOptions, on shard: Shard) async throws(IOError)
-        -> any SimulatedFile
-    {
+    func open(_ path: String, options: FileOpenOptions, generation: Int) async throws(IOError) -> any SimulatedFile {
         await delay(diskLatency())
+        guard self.generation == generation else { throw IOError(.open, .system(errno: EBADF), target: path) }
         let inode = try disk.open(path, options: options)
-        return SimulatedDiskFile(path: path, inode: inode, process: self, readOnly: options.readOnly)
+        return SimulatedDiskFile(path: path, inode: inode, process: self, readOnly: options.readOnly,
+                                 generation: generation)
     }
 
     public func rename(_ from: String, to: String, on shard: Shard) async throws(IOError) {
@@ -217,6 +210,69 @@ public final class SimulatedProcess: SimulationBackend {
         -> any SimulatedConnection
     {
         try await simulator.network.connect(from: self, host: host, port: port, on: shard)
+    }
+}
+
+/// One boot of a simulated process: the backend its reactor's shards use. Everything it queues carries its
+/// generation, so that nothing of an earlier boot runs after a crash.
+final class SimulatedIncarnation: SimulationBackend {
+    unowned let process: SimulatedProcess
+    let generation: Int
+
+    init(process: SimulatedProcess, generation: Int) {
+        self.process = process
+        self.generation = generation
+    }
+
+    func schedule(_ job: UnownedJob, on shard: Shard) {
+        process.simulator.schedule(.job(job), on: shard, of: process, generation: generation)
+    }
+
+    func schedule(_ call: @escaping @Sendable () -> Void, on shard: Shard) {
+        process.simulator.schedule(.call(call), on: shard, of: process, generation: generation)
+    }
+
+    var now: Instant { process.now }
+    var wallClockMilliseconds: Int64 { process.wallClockMilliseconds }
+    func nextRandom() -> UInt64 { process.nextRandom() }
+
+    func sleep(until deadline: Instant, on shard: Shard) async throws(IOError) {
+        try await process.sleep(until: deadline, on: shard)
+    }
+
+    func open(_ path: String, options: FileOpenOptions, on shard: Shard) async throws(IOError) -> any SimulatedFile {
+        try await process.open(path, options: options, generation: generation)
+    }
+
+    func rename(_ from: String, to: String, on shard: Shard) async throws(IOError) {
+        try await process.rename(from, to: to, on: shard)
+    }
+
+    func syncDirectory(_ path: String, on shard: Shard) async throws(IOError) {
+        try await process.syncDirectory(path, on: shard)
+    }
+
+    func createDirectory(_ path: String, on shard: Shard) async throws(IOError) {
+        try await process.createDirectory(path, on: shard)
+    }
+
+    func removeFile(_ path: String, on shard: Shard) async throws(IOError) {
+        try await process.removeFile(path, on: shard)
+    }
+
+    func fileSize(_ path: String, on shard: Shard) async -> Int? { await process.fileSize(path, on: shard) }
+
+    func listDirectory(_ path: String, on shard: Shard) async throws(IOError) -> [String] {
+        try await process.listDirectory(path, on: shard)
+    }
+
+    func listen(host: String, port: UInt16, on shard: Shard) throws(IOError) -> any SimulatedListener {
+        guard process.generation == generation else { throw IOError(.listen, .shutdown, target: "\(host):\(port)") }
+        return try process.listen(host: host, port: port, on: shard)
+    }
+
+    func connect(host: String, port: UInt16, on shard: Shard) async throws(IOError) -> any SimulatedConnection {
+        try await process.connect(host: host, port: port, on: shard)
     }
 }
 

@@ -24,6 +24,8 @@ final class SimulatedNode: @unchecked Sendable {
     var rangeServer: RangeServer?
     /// Boots that failed (the error), and ones that succeeded.
     var bootFailures: [String] = []
+    /// Why the process last ended itself (a failed boot or a fatal storage failure).
+    var exitReason: String?
     var booted = 0
 
     init(index: Int, process: SimulatedProcess) {
@@ -71,7 +73,11 @@ struct ClusterBuilder {
             let node = box.value
             // As `elastic-stream` exits on a fatal storage failure, the simulated process crashes (and is restarted).
             let process = SimulatorBox(node.process)
-            reactor.onFatalFailure { _ in process.value.crashSoon() }
+            let reasons = SimulatorBox(node)
+            reactor.onFatalFailure { reason in
+                reasons.value.exitReason = reason
+                process.value.crashSoon()
+            }
             do {
                 let member = try await PDMember.start(settings, on: context)
                 let pd = try PDServer.start(member: member, members: memberTable, on: context,
@@ -84,6 +90,7 @@ struct ClusterBuilder {
                 node.booted += 1
             } catch {
                 node.bootFailures.append("\(error)")
+                node.exitReason = "boot failed: \(error)"
                 node.process.crashSoon()
             }
         }

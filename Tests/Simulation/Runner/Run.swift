@@ -23,6 +23,8 @@ struct RunOptions {
     var verbose = false
     /// Starts a process that hands a job to Swift's global executor: the run must fail (a check of the check).
     var strayJob = false
+    /// Leaves corrupted reads out (to tell their effects from the other faults').
+    var corruption = true
 }
 
 struct RunResult {
@@ -65,7 +67,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         for node in nodes { node.process.driftPPM = Int64(simulator.below(401)) - 200 }
         if simulator.chance(0.3) {
             let victim = nodes[Int(simulator.below(UInt64(nodes.count)))]
-            victim.process.diskFaults.corruptionRate = 0.002
+            victim.process.diskFaults.corruptionRate = options.corruption ? 0.002 : 0
             log("\(victim.process.name) reads corrupted blocks now and then")
         }
     }
@@ -106,7 +108,8 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         // A process that ended itself (a failed boot, a fatal storage failure), as `elastic-stream` exits, is
         // started again a second later, as its supervisor would.
         for node in nodes where !node.process.isAlive && restartAt[node.index] == nil {
-            log("\(node.process.name) exited\(node.bootFailures.last.map { ": boot failed: \($0)" } ?? "")")
+            log("\(node.process.name) exited: \(node.exitReason ?? "?")")
+            node.exitReason = nil
             builder.crash(node)
             restartAt[node.index] = simulator.now + second
         }

@@ -41,6 +41,8 @@ while let argument = arguments.first {
         options.faultSeconds = value
     case "--verbose":
         options.verbose = true
+    case "--no-corruption":
+        options.corruption = false
     case "--stray-job":
         options.strayJob = true
     case "--help", "-h":
