@@ -140,8 +140,8 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
 
     @inline(__always)
     func enqueueJob(_ job: UnownedJob) {
-        if let simulation {
-            simulation.schedule(job, on: self)
+        if _slowPath(simulation != nil) {
+            simulation!.schedule(job, on: self)
         } else if isCurrent {
             runQueue.push(job)
         } else {
@@ -163,8 +163,8 @@ public final class Shard: SerialExecutor, TaskExecutor, @unchecked Sendable {
     /// (and waits in the sender's overflow list if the channel is full); from any other thread it goes through the
     /// foreign inbox. After the shard has stopped, it is counted in `droppedAfterStop` and not run.
     public func post(_ body: @escaping @Sendable () -> Void) {
-        if let simulation {
-            simulation.schedule(body, on: self)
+        if _slowPath(simulation != nil) {
+            simulation!.schedule(body, on: self)
         } else if isCurrent {
             localCalls.append(body)
         } else {
