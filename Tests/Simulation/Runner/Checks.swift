@@ -102,6 +102,19 @@ final class Checks: @unchecked Sendable {
                 }
             }
         }
+        // A fenced writer never gets an acknowledgement: once an open with a newer epoch has answered (it fenced the
+        // older writer's range on a quorum of its replicas), an append the older writer makes after that must fail.
+        for (stream, acknowledged) in ledger.acknowledged.sorted(by: { $0.key < $1.key }) {
+            let opens = byStream[stream] ?? []
+            var reported = false
+            for ack in acknowledged where !reported {
+                if let fence = opens.first(where: { $0.epoch > ack.epoch && $0.answered < ack.invoked }) {
+                    fail("fencing: stream \(stream) acknowledged offset \(ack.offset) to a writer of epoch \(ack.epoch), "
+                         + "appended at \(ack.invoked / 1_000_000) ms, after epoch \(fence.epoch) was opened at \(fence.answered / 1_000_000) ms")
+                    reported = true
+                }
+            }
+        }
         for a in ledger.creates {
             for b in ledger.creates where a.answered < b.invoked && a.stream >= b.stream {
                 fail("linearizability: stream \(a.stream) created before stream \(b.stream) was asked for")

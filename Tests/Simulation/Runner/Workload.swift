@@ -12,6 +12,8 @@ final class Ledger: @unchecked Sendable {
         var offset: UInt64
         var payload: [UInt8]
         var epoch: UInt64
+        /// When the append was made (virtual time).
+        var invoked: UInt64
     }
 
     /// One call to open a stream: when it was made, when it answered, and the epoch it got.
@@ -129,11 +131,13 @@ struct Writer {
                 payloads.append(payload)
                 records.append(Record(timestamp: context.wallClockMilliseconds, value: payload))
             }
+            let invoked = simulator.now
             do {
                 let base = try await current.append(records)
                 for (i, payload) in payloads.enumerated() {
                     ledger.acknowledged[target, default: []].append(
-                        Ledger.Acknowledged(offset: base + UInt64(i), payload: payload, epoch: current.epoch))
+                        Ledger.Acknowledged(offset: base + UInt64(i), payload: payload, epoch: current.epoch,
+                                            invoked: invoked))
                 }
                 ledger.appendsAcknowledged += 1
                 ledger.lastAcknowledged = simulator.now
