@@ -2,6 +2,7 @@ import Foundation
 import Platform
 import Reactor
 import Records
+import Synchronization
 import Testing
 @testable import Store
 
@@ -20,7 +21,8 @@ func shell(_ arguments: [String]) throws -> Int32 {
 
 @Suite(.serialized) struct DiskFullTests {
     /// A real full disk: a small ext4 file system on a loop device. The append that cannot be stored fails with the
-    /// disk's errno; everything acknowledged before it reads back intact after a restart.
+    /// disk's errno, and the failure is reported to the reactor as fatal (what makes `elastic-stream` exit);
+    /// everything acknowledged before it reads back intact after a restart.
     @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/mkfs.ext4"),
                    "needs root for a loop mount"))
     func aFullDiskFailsTheAppendAndKeepsAcknowledgedData() async throws {
@@ -36,6 +38,8 @@ func shell(_ arguments: [String]) throws -> Int32 {
 
             let reactor = try Reactor(configuration: .testing(shards: 1))
             defer { reactor.shutdown() }
+            let fatal = Mutex<[String]>([])
+            reactor.onFatalFailure { reason in fatal.withLock { $0.append(reason) } }
             let key = RangeKey(streamID: 3, index: 0)
             let configuration = StoreConfiguration(
                 wal: WALConfiguration(directory: "\(mountPoint)/wal", segmentSizeBytes: 1 << 20,
@@ -70,6 +74,9 @@ func shell(_ arguments: [String]) throws -> Int32 {
             }
             #expect(io.errno == ENOSPC, "\(io)")
             #expect(acknowledged > 0)
+            let reported = fatal.withLock { $0 }
+            #expect(reported.count == 1 && reported.first?.contains("ENOSPC") == true,
+                    "the WAL's failure was reported as fatal once, naming the error: \(reported)")
 
             let readBack = try await reactor.run(on: 0) { context -> (UInt64, Bool) in
                 let store = try await ShardStore.open(configuration, on: context)
