@@ -120,6 +120,10 @@ public final class PDMember {
     public var role: Role { node.role }
     public var voters: Set<NodeID> { node.voters }
     public var commitIndex: UInt64 { node.commitIndex }
+    /// The entry of this member's Raft log at `index`, if the log still holds it (not compacted into a snapshot):
+    /// for checks of the log from outside (the simulation's log matching and leader completeness).
+    public func raftEntry(at index: UInt64) -> Entry? { node.entry(at: index) }
+    public var raftLastIndex: UInt64 { node.lastIndex }
     public var storageSyncs: Int { storage.syncs }
     /// What is waiting on this member, for diagnosis.
     public var waiting: String {

@@ -12,6 +12,12 @@ final class Checks: @unchecked Sendable {
     private var leaders: [UInt64: Int] = [:]
     /// A digest of the streams and ranges a member's state machine held at each applied index it was seen at.
     private var states: [UInt64: (member: Int, digest: UInt64)] = [:]
+    /// Every committed Raft entry seen (index → term and a digest of its data): a committed entry never changes on
+    /// any member (leader completeness: every later leader holds it; log matching over the committed prefix).
+    private var committed: [UInt64: (term: UInt64, digest: UInt64)] = [:]
+    /// Per member: the committed entries already looked at.
+    private var checkedUpTo: [Int: UInt64] = [:]
+    private(set) var committedEntriesChecked = 0
     /// Every sealed range seen, with its bounds: a sealed range never changes.
     private var sealed: [String: (start: UInt64, end: UInt64)] = [:]
     private(set) var sealedRangesSeen = 0
@@ -46,6 +52,25 @@ final class Checks: @unchecked Sendable {
                         }
                     }
                 }
+                // Committed entries: the same on every member that holds them, whoever leads later.
+                let commit = member.commitIndex
+                var index = max(checkedUpTo[node.index] ?? 0, 1)
+                while index <= commit {
+                    if let entry = member.raftEntry(at: index) {
+                        var digest: UInt64 = 0xcbf2_9ce4_8422_2325
+                        for byte in entry.data { digest = (digest ^ UInt64(byte)) &* 0x100_0000_01b3 }
+                        if let seen = committed[index] {
+                            if seen.term != entry.term || seen.digest != digest {
+                                fail("committed Raft entry \(index) was term \(seen.term) and is term \(entry.term) on member \(node.index) (or its data differs)")
+                            }
+                        } else {
+                            committed[index] = (entry.term, digest)
+                            committedEntriesChecked += 1
+                        }
+                    }
+                    index += 1
+                }
+                checkedUpTo[node.index] = commit + 1
                 let applied = member.appliedIndex
                 guard applied > 0 else { return }
                 let digest = Checks.digest(member.state)

@@ -300,6 +300,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
 
     let summary = "durability=\(durability.rawValue) streams=\(streams.count) opens=\(ledger.opens.count) "
         + "sealed-ranges=\(readBack.replicas.rangesChecked) replicas=\(readBack.replicas.replicasChecked) "
+        + "committed-entries=\(checks.committedEntriesChecked) "
         + "read=\(readBack.records.values.reduce(0) { $0 + $1.count }) connections=\(simulator.network.connectionsMade) "
         + "resets=\(simulator.network.resets) failures=\(ledger.failures.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))"
     let result = RunResult(seed: seed, violations: checks.violations, traceHash: simulator.traceHash,
