@@ -175,6 +175,10 @@ struct Checkpoint {
                                                     at: UInt64(count))
                         if n == 0 { break }
                         count += n
+                        // A short read that ends between blocks is the end of a file torn at a sector boundary by a
+                        // crash: the next direct read could not even be aligned. What was read fails its checks
+                        // below, and the other slot is used (the simulation found a node that could never boot).
+                        if count % WALEntryLayout.blockSize != 0 { break }
                     }
                 } catch {
                     try? await file.close()

@@ -136,6 +136,16 @@ func reopen(_ reactor: Reactor, _ configuration: StoreConfiguration, _ keys: [Ra
             #expect(fallback.contents == before)
             #expect(fallback.recoveredBytes > 0)
 
+            // A slot torn at a sector boundary (its size no longer a whole number of 4 KiB blocks): the store still
+            // opens, from the other slot, with everything there.
+            let newer = try sequence(0) > sequence(1) ? 0 : 1
+            let torn = Checkpoint.slotPath(directory, newer)
+            let size = try FileManager.default.attributesOfItem(atPath: torn)[.size] as! Int
+            try #require(size > 4096, "the slot is \(size) bytes")
+            try FileHandle(forWritingTo: URL(fileURLWithPath: torn)).truncate(atOffset: UInt64(size - 4096 + 512))
+            let afterTear = try await reopen(reactor, configuration, keys)
+            #expect(afterTear.contents == before)
+
             // That reopen wrote a fresh checkpoint into the damaged slot and closed with another; damage both.
             try overwrite(Checkpoint.slotPath(directory, 0), at: 60, with: [0xFF, 0xEE])
             try overwrite(Checkpoint.slotPath(directory, 1), at: 60, with: [0xFF, 0xEE])

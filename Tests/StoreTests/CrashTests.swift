@@ -74,8 +74,11 @@ func crashTestConfiguration(_ directory: String) -> StoreConfiguration {
             var everTrimmed: [UInt64: UInt64] = [:]
             var walWritten: UInt64 = 0
             var mostSegments = 0
+            // At least 12 rounds, and then more until enough WAL was written to exercise segment reuse: how much a
+            // child writes before its kill depends on the machine's load, not on the test.
             let rounds = 12
-            for round in 0..<rounds {
+            for round in 0..<400 {
+                if round >= rounds && walWritten > 16 * (256 << 10) { break }
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: child)
                 process.arguments = [directory]
