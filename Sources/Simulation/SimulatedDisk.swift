@@ -172,16 +172,6 @@ public final class SimulatedDisk {
         names = [:]
         durableNames = [:]
     }
-
-    /// Bytes held, current and durable, for the report.
-    public var bytesHeld: Int {
-        var seen = Set<ObjectIdentifier>()
-        var total = 0
-        for inode in Array(names.values) + Array(durableNames.values) where seen.insert(ObjectIdentifier(inode)).inserted {
-            total += inode.data.count + inode.durable.count
-        }
-        return total
-    }
 }
 
 /// A file of a simulated disk, open in one process.

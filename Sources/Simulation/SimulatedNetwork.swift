@@ -96,10 +96,10 @@ public final class SimulatedNetwork {
         -> SimulatedEndpoint
     {
         let key = "\(host):\(port)"
-        try await process.park(for: latency(), operation: .connect, on: shard)
+        try await process.park(for: latency(), operation: .connect)
         if isBlocked(from: process.host, to: host) || isBlocked(from: host, to: process.host) {
             // The SYN is lost; the kernel gives up after a while.
-            try await process.park(for: 1_000_000_000, operation: .connect, on: shard)
+            try await process.park(for: 1_000_000_000, operation: .connect)
             debug?("\(process.name) -> \(key): timed out (partition)")
             throw IOError(.connect, .system(errno: ETIMEDOUT), target: key)
         }
@@ -195,14 +195,7 @@ final class SimulatedEndpoint: SimulatedConnection {
             if Task.isCancelled { throw IOError(.recv, .cancelled, target: peer) }
             let waiter = Waiter()
             self.waiter = waiter
-            _ = await withTaskCancellationHandler {
-                await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-                    waiter.park(continuation)
-                }
-            } onCancel: { [bound = SimulatorBound(waiter)] in
-                // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.
-                bound.value.resume(false)
-            }
+            _ = await waiter.wait()
             if self.waiter === waiter { self.waiter = nil }
         }
     }
@@ -311,14 +304,7 @@ final class SimulatedSocketListener: SimulatedListener {
             }
             let waiter = Waiter()
             self.waiter = waiter
-            _ = await withTaskCancellationHandler {
-                await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-                    waiter.park(continuation)
-                }
-            } onCancel: { [bound = SimulatorBound(waiter)] in
-                // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.
-                bound.value.resume(false)
-            }
+            _ = await waiter.wait()
             if self.waiter === waiter { self.waiter = nil }
         }
     }

@@ -122,23 +122,15 @@ public final class SimulatedProcess {
         // Back from the process's (drifting) clock to the simulator's.
         let wait = deadline.nanoseconds - current.nanoseconds
         let scaled = driftPPM == 0 ? wait : UInt64(max(1, Int64(wait) - Int64(wait) / 1_000_000 * driftPPM))
-        try await park(for: scaled, operation: .timeout, on: shard)
+        try await park(for: scaled, operation: .timeout)
     }
 
     /// Suspends the calling task on `shard` for `delay` of virtual time; cancellation ends it early with `.cancelled`.
-    func park(for delay: UInt64, operation: IOOperation, on shard: Shard) async throws(IOError) {
+    func park(for delay: UInt64, operation: IOOperation) async throws(IOError) {
         if Task.isCancelled { throw IOError(operation, .cancelled) }
         let waiter = Waiter()
         let simulator = self.simulator
-        let fired: Bool = await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-                waiter.park(continuation)
-                simulator.after(delay) { waiter.resume(true) }
-            }
-        } onCancel: { [bound = SimulatorBound(waiter)] in
-            // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.
-            bound.value.resume(false)
-        }
+        let fired = await waiter.wait { simulator.after(delay) { waiter.resume(true) } }
         if !fired { throw IOError(operation, .cancelled) }
     }
 
@@ -284,7 +276,21 @@ final class Waiter {
     private var early: Bool?
     private var done = false
 
-    func park(_ continuation: UnsafeContinuation<Bool, Never>) {
+    /// Suspends the calling task until `resume`: true when woken, false when the task was cancelled. `parked` runs
+    /// once the continuation is in place (to arm what will wake it).
+    func wait(_ parked: () -> Void = {}) async -> Bool {
+        await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+                park(continuation)
+                parked()
+            }
+        } onCancel: { [bound = SimulatorBound(self)] in
+            // On the simulator's one thread, inside the job that cancels: resumed at once, deterministically.
+            bound.value.resume(false)
+        }
+    }
+
+    private func park(_ continuation: UnsafeContinuation<Bool, Never>) {
         if let early {
             done = true
             continuation.resume(returning: early)

@@ -131,9 +131,6 @@ public final class Simulator: @unchecked Sendable {
     /// Runs `action` `delay` nanoseconds from now.
     public func after(_ delay: UInt64, _ action: @escaping () -> Void) { at(now &+ delay, action) }
 
-    /// The next timer's time, if any.
-    public var nextTimer: UInt64? { timers.peek?.at }
-
     /// Runs one step: a due timer, else a ready job, else the earliest timer (moving time to it). Returns false when
     /// nothing at all is left to do.
     @discardableResult
@@ -179,8 +176,6 @@ public final class Simulator: @unchecked Sendable {
         }
         return done()
     }
-
-    func queue(for shard: Shard) -> RunQueue? { queues[ObjectIdentifier(shard)] }
 
     /// Ends the run: every process crashes, every timer and queued job is dropped, and the disks let go of their
     /// bytes. The tasks of the run stay suspended forever (nothing resumes them), holding little.
@@ -228,7 +223,6 @@ struct TimerHeap {
     private var entries: [TimerEntry] = []
 
     var peek: TimerEntry? { entries.first }
-    var count: Int { entries.count }
 
     private static func less(_ a: TimerEntry, _ b: TimerEntry) -> Bool {
         a.at != b.at ? a.at < b.at : a.sequence < b.sequence
@@ -270,7 +264,6 @@ struct FIFO<Element> {
     private var head = 0
 
     var isEmpty: Bool { head == storage.count }
-    var count: Int { storage.count - head }
 
     mutating func push(_ element: Element) { storage.append(element) }
 
