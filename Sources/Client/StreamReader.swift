@@ -120,7 +120,8 @@ final class StreamReader {
                 case .success(let frame):
                     let records: [ReadRecord]
                     do {
-                        records = try Self.decode(frame, from: offset, below: limit == 0 ? .max : limit)
+                        records = try Self.decode(frame, stream: streamID, range: range.index, from: offset,
+                                                  below: limit == 0 ? .max : limit)
                     } catch {
                         lastError = error
                         preferred[range.index] = (which + 1) % servers.count
@@ -212,18 +213,29 @@ final class StreamReader {
                                     timeout: client.configuration.requestTimeout) { _ in }
     }
 
-    /// The records of a FETCH answer at or after `offset` and below `end`, every batch checked.
-    static func decode(_ frame: Frame, from offset: UInt64, below end: UInt64) throws(ClientError) -> [ReadRecord] {
+    /// The records of a FETCH answer at or after `offset` and below `end`, every batch checked: its checksum, and
+    /// that it is the batch asked for (this stream and range, the first holding `offset`, each starting where the one
+    /// before ended). A replica that answers with anything else is treated as damaged, and another is asked.
+    static func decode(_ frame: Frame, stream: UInt64, range: UInt32, from offset: UInt64, below end: UInt64)
+        throws(ClientError) -> [ReadRecord]
+    {
         let payload = Array(frame.payload)
         var records: [ReadRecord] = []
         let result: Result<Void, ClientError> = payload.withUnsafeBytes { raw in
             var position = 0
+            var expected: UInt64?
             while position < raw.count {
                 let rest = UnsafeRawBufferPointer(rebasing: raw[position...])
                 do {
                     let length = try RecordBatchView.batchLength(of: rest)
                     guard length <= rest.count else { return .failure(.server(code: .dataCorrupted, message: "truncated batch")) }
                     let view = try RecordBatchView(validating: UnsafeRawBufferPointer(rebasing: rest[..<length]))
+                    let inPlace = view.streamID == stream && view.rangeIndex == range
+                        && (expected.map { view.baseOffset == $0 } ?? (view.baseOffset <= offset && offset < view.endOffset))
+                    guard inPlace else {
+                        return .failure(.server(code: .dataCorrupted, message: "a fetched batch is not the one asked for: stream \(view.streamID) range \(view.rangeIndex) [\(view.baseOffset), \(view.endOffset)) for offset \(expected ?? offset) of stream \(stream) range \(range)"))
+                    }
+                    expected = view.endOffset
                     let batch = RecordBatch(view)
                     for (i, record) in batch.records.enumerated() {
                         let at = batch.baseOffset + UInt64(i)

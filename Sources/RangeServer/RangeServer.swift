@@ -127,7 +127,16 @@ final class Registrar {
 
     static func storedID(_ directory: String, on context: ShardContext) async throws -> UInt64? {
         guard let bytes = try await context.readWholeFile("\(directory)/server-id", limit: 4096) else { return nil }
-        return UInt64(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        // A file that is there but does not hold an id is damage, not a new server: registering afresh would give
+        // the node a new identity and orphan every replica it holds.
+        guard let id = UInt64(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)),
+              id > 0
+        else {
+            throw RangeServerStartError(description: "\(directory)/server-id is corrupt (\(bytes.count) bytes that are "
+                                        + "not a server id); restore it, or move the data directory away to start "
+                                        + "as a new server")
+        }
+        return id
     }
 
     func start() {

@@ -222,7 +222,18 @@ final class SimulatedDiskFile: SimulatedFile {
         await process.delay(process.diskLatency())
         try check(.write)
         try process.failMaybe(.write, path)
-        let start = Int(offset)
+        var start = Int(offset)
+        let simulator = process.simulator
+        if simulator.chance(process.diskFaults.misdirectionRate) {
+            let blocks = Int(simulator.between(1, 4)) * 4096
+            let target = simulator.chance(0.5) ? start + blocks : start - blocks
+            simulator.trace(8, UInt64(process.id))
+            process.misdirectedWrites += 1
+            guard target >= 0 && target + bytes.count <= inode.data.count else {
+                return bytes.count  // lost: it landed nowhere
+            }
+            start = target
+        }
         SimulatedDisk.write(&inode.data, at: start, bytes[...])
         if durable && inode.pending.isEmpty {
             // Nothing unsynced before it: the write is simply part of what a crash keeps.

@@ -32,6 +32,8 @@ public final class SimulatedProcess {
     public var wallClockOffsetMilliseconds: Int64 = 0
     /// Disk faults for this process's machine.
     public var diskFaults = DiskFaults()
+    /// Writes that went astray (misdirected or lost), over every boot.
+    public internal(set) var misdirectedWrites = 0
 
     init(simulator: Simulator, id: Int, name: String, host: String) {
         self.simulator = simulator
@@ -324,6 +326,10 @@ public struct DiskFaults: Sendable {
     public var unsyncedSurvival = 0.5
     /// Probability that a read returns one flipped bit (a corrupted or misdirected block).
     public var corruptionRate = 0.0
+    /// Probability that a write lands in the wrong place: a few 4 KiB blocks before or after where it was aimed in
+    /// the same file, or nowhere at all when that lies outside the file (a lost write). Either way it reports
+    /// success, and the place it was aimed at keeps its old content.
+    public var misdirectionRate = 0.0
 
     public init() {}
 }

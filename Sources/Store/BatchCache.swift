@@ -85,8 +85,8 @@ final class BatchCache {
 
     /// Drops every batch of `range` below `offset` (a trim), or all of them. Their space is reused when the ring
     /// comes round to it.
-    func remove(range: RangeKey, below offset: UInt64 = .max) {
-        for (key, slot) in slots where key.range == range && key.baseOffset < offset {
+    func remove(range: RangeKey, below offset: UInt64 = .max, from lowest: UInt64 = 0) {
+        for (key, slot) in slots where key.range == range && key.baseOffset < offset && key.baseOffset >= lowest {
             slots[key] = nil
             usedBytes -= slot.length
         }

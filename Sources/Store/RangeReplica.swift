@@ -33,6 +33,8 @@ final class RangeReplica {
     var sealing = false
     /// Fenced by a new writer: no more appends until it seals the range (in memory only).
     var fenced = false
+    /// A damaged tail is being discarded (in memory only): repairs wait.
+    var discarding = false
 
     init(key: RangeKey, start: UInt64) {
         self.key = key
@@ -87,6 +89,18 @@ final class RangeReplica {
         batches.removeFirst(keep)
         runningMaxTimestamp.removeFirst(keep)
         start = max(start, batches.first?.baseOffset ?? min(offset, confirmedEnd))
+    }
+
+    /// Forgets the batch holding `offset` and every one after it: the replica ends where that batch began (a sealed
+    /// replica whose copy there is damaged; repair copies them again). Nothing may be in flight.
+    func discard(from offset: UInt64) {
+        precondition(pendingEnd == confirmedEnd, "discarding with appends in flight")
+        let keep = firstBatch(containingOrAfter: offset)
+        guard keep < batches.count else { return }
+        confirmedEnd = max(start, batches[keep].baseOffset)
+        pendingEnd = confirmedEnd
+        batches.removeLast(batches.count - keep)
+        runningMaxTimestamp.removeLast(runningMaxTimestamp.count - keep)
     }
 
     /// Adds the WAL segments this replica's batches lie in to `live`.

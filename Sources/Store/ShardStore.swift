@@ -47,7 +47,7 @@ final class StoreIndex: WALSink {
             guard let range = ranges[record.key] else { return }
             range.acknowledgedEnd = max(range.acknowledgedEnd, record.offset)
             range.acknowledgedPending = max(range.acknowledgedPending, range.acknowledgedEnd)
-        case .createRange, .sealRange, .trimRange, .deleteRange:
+        case .createRange, .sealRange, .trimRange, .deleteRange, .discardFrom:
             guard let record = RangeRecord(entry.payload) else {
                 throw .corruption(file: "WAL", position: entry.position, detail: "malformed \(entry.kind) entry")
             }
@@ -60,6 +60,12 @@ final class StoreIndex: WALSink {
                 guard let range = ranges[record.key] else { return }
                 range.trim(below: record.offset)
                 cache.remove(range: record.key, below: range.start)
+            case .discardFrom:
+                // Only ever logged for a sealed replica with nothing in flight; replayed, the same holds.
+                guard let range = ranges[record.key], range.sealedEnd != nil, range.pendingEnd == range.confirmedEnd
+                else { return }
+                range.discard(from: record.offset)
+                cache.remove(range: record.key, from: range.confirmedEnd)
             default:
                 ranges[record.key] = nil
                 cache.remove(range: record.key)
@@ -313,6 +319,7 @@ public final class ShardStore {
         let key = RangeKey(streamID: batch.streamID, index: batch.rangeIndex)
         guard let range = ranges[key] else { return .rangeNotFound }
         guard let sealed = range.sealedEnd else { return .overtaken(expected: range.pendingEnd) }
+        if range.discarding { return .pending }
         if batch.endOffset <= range.confirmedEnd { return .alreadyCommitted(confirmedEnd: range.confirmedEnd) }
         guard batch.endOffset <= sealed else { return .sealed(end: sealed) }
         if batch.baseOffset < range.pendingEnd { return .pending }
@@ -414,7 +421,12 @@ public final class ShardStore {
             for location in locations[position..<end] {
                 let from = Int(location.payloadPosition - first)
                 let batch = Array(span[from..<(from + location.length)])
-                try check(batch, key, location)
+                do {
+                    try check(batch, key, location)
+                } catch {
+                    await discardDamaged(key, from: location.baseOffset)
+                    throw error
+                }
                 result.append(batch)
             }
             position = end
@@ -443,13 +455,42 @@ public final class ShardStore {
     private func batchBytes(_ key: RangeKey, _ location: BatchLocation) async throws(StoreError) -> [UInt8] {
         if let cached = cache.lookup(range: key, baseOffset: location.baseOffset) { return cached }
         let bytes = try await wal.read(at: location.payloadPosition, length: location.length)
-        try check(bytes, key, location)
+        do {
+            try check(bytes, key, location)
+        } catch {
+            await discardDamaged(key, from: location.baseOffset)
+            throw error
+        }
         return bytes
     }
 
-    /// A batch read back from disk must pass its own checksum: never hand out altered bytes.
+    /// A batch of a sealed replica failed its checksum when read back (a bad block, a misdirected write): the replica
+    /// forgets it and everything after it, durably, so that it no longer claims records it cannot serve, and the next
+    /// repair (reconciliation, or a seal sent to it) copies them again from a peer. An open replica keeps its index
+    /// (its writer still appends after it); the read fails, and the client reads from another replica.
+    private func discardDamaged(_ key: RangeKey, from offset: UInt64) async {
+        guard let range = ranges[key], range.sealedEnd != nil, !range.discarding,
+              range.pendingEnd == range.confirmedEnd, offset < range.confirmedEnd
+        else { return }
+        // No repair batch may be placed in the log until the discard is applied: live and replayed, the log then
+        // applies the same way.
+        range.discarding = true
+        defer { range.discarding = false }
+        discards += 1
+        try? await log(.discardFrom, RangeRecord(key: key, offset: offset))
+    }
+
+    /// Damaged batches of sealed replicas discarded for repair (`discardDamaged`), since the store opened.
+    public private(set) var discards = 0
+
+    /// A batch read back from disk must pass its own checksum, and be the batch the index put there (its range and
+    /// offsets): never hand out altered bytes, nor a valid batch that a misdirected write left in another's place.
     private func check(_ bytes: [UInt8], _ key: RangeKey, _ location: BatchLocation) throws(StoreError) {
-        let valid = bytes.withUnsafeBytes { raw in (try? RecordBatchView(validating: raw)) != nil }
+        let valid = bytes.withUnsafeBytes { raw -> Bool in
+            guard let view = try? RecordBatchView(validating: raw) else { return false }
+            return view.streamID == key.streamID && view.rangeIndex == key.index
+                && view.baseOffset == location.baseOffset && view.endOffset == location.endOffset
+        }
         guard valid else {
             throw .corruption(file: "WAL", position: location.payloadPosition,
                               detail: "batch at offset \(location.baseOffset) of \(key) fails its checks")

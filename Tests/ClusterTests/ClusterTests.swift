@@ -373,7 +373,7 @@ extension ClusterTests {
             while records.count < 120 {
                 fetch.startOffset = UInt64(records.count)
                 guard case .success(let frame) = await direct.call(.fetch, header: fetch, timeout: .seconds(2)) else { break }
-                let batch = (try? StreamReader.decode(frame, from: fetch.startOffset, below: 120)) ?? []
+                let batch = (try? StreamReader.decode(frame, stream: fetch.streamID, range: fetch.rangeIndex, from: fetch.startOffset, below: 120)) ?? []
                 if batch.isEmpty { break }
                 records += batch
             }
@@ -413,7 +413,7 @@ extension ClusterTests {
             fetch.rangeIndex = range.index
             fetch.maxBytes = 1 << 20
             let fetched = await wrong.call(.fetch, header: fetch, timeout: .seconds(2))
-            let records = (try? fetched.get()).flatMap { try? StreamReader.decode($0, from: 0, below: .max) } ?? []
+            let records = (try? fetched.get()).flatMap { try? StreamReader.decode($0, stream: fetch.streamID, range: fetch.rangeIndex, from: 0, below: .max) } ?? []
             // A range created through the wrong shard lives on its owner.
             var create = Elasticstream_V1_CreateRangeRequest()
             create.range.streamID = 9_999
@@ -833,7 +833,7 @@ extension ClusterTests {
             fetch.rangeIndex = range.index
             fetch.maxBytes = 1 << 20
             let raw = (try? await direct.call(.fetch, header: fetch, timeout: .seconds(2)).get())
-                .flatMap { try? StreamReader.decode($0, from: 0, below: .max) } ?? []
+                .flatMap { try? StreamReader.decode($0, stream: fetch.streamID, range: fetch.rangeIndex, from: 0, below: .max) } ?? []
             await direct.close()
             cluster.signal(stopped, SIGCONT)
             let appended = try? await pending.value

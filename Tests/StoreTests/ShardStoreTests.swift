@@ -193,3 +193,58 @@ extension ShardStoreTests {
         }
     }
 }
+
+extension ShardStoreTests {
+    /// A misdirected write leaves a valid batch of the same range where another belongs: its checksum passes, so only
+    /// the check that it is the batch the index expects catches it. The sealed replica then forgets that batch and
+    /// the ones after it, durably, and a repair (the batches again, as a peer would send them) makes it whole.
+    @Test func aMisplacedBatchIsRefusedDiscardedAndRepaired() async throws {
+        try await withDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            // Offsets with the same number of digits: every batch has the same length.
+            let written = try (0..<4).map { try batch(rangeA, 100 + UInt64($0 * 5), count: 5) }
+            _ = try await withStore(reactor, directory) { box in
+                try await box.store.createRange(rangeA, start: 100)
+                for bytes in written { _ = try await box.append(bytes) }
+                _ = try await box.store.seal(rangeA)
+                // Below the checkpoint, recovery does not scan the log again: only reads see the damage.
+                try await box.store.checkpoint()
+                return 0
+            }
+            // The batch [105, 110) lands where [110, 115) was.
+            let segment = "\(directory)/segment-00000000.wal"
+            var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: segment)))
+            let at = try #require(bytes.firstRange(of: written[2])).lowerBound
+            bytes.replaceSubrange(at..<(at + written[1].count), with: written[1])
+            try Data(bytes).write(to: URL(fileURLWithPath: segment))
+
+            let (refused, after) = try await withStore(reactor, directory, cacheBytes: 0) { box in
+                var refused = ""
+                do {
+                    _ = try await box.store.read(rangeA, from: 110, maxBytes: .max)
+                } catch {
+                    refused = "\(error)"
+                }
+                return (refused, box.store.describe(rangeA))
+            }
+            #expect(refused.contains("offset 110"), "\(refused)")
+            #expect(after?.confirmedEnd == 110)
+            #expect(after?.sealedEnd == 120)
+            // Durable: a restart keeps the replica short, and a repair fills it from the damaged batch on.
+            let (restarted, outcomes, read) = try await withStore(reactor, directory, cacheBytes: 0) { box in
+                let restarted = box.store.describe(rangeA)
+                var outcomes: [AppendOutcome] = []
+                for bytes in written[2...] {
+                    outcomes.append(try await withBytes(bytes) { raw in
+                        try await box.store.repair(try RecordBatchView(validating: raw))
+                    })
+                }
+                return (restarted, outcomes, try await box.store.read(rangeA, from: 100, maxBytes: .max))
+            }
+            #expect(restarted?.confirmedEnd == 110)
+            #expect(outcomes == [.committed(confirmedEnd: 115), .committed(confirmedEnd: 120)])
+            #expect(read == written)
+        }
+    }
+}

@@ -15,6 +15,9 @@ public enum WALEntryKind: UInt8, Sendable {
     case appendAcknowledged = 7
     /// The writer's acknowledged end of a range (a `RangeRecord`), from an APPEND without records.
     case acknowledge = 8
+    /// A sealed replica's index ends at the offset (a `RangeRecord`): a batch there failed its checksum when read
+    /// back, and it and the ones after it are copied again from a peer.
+    case discardFrom = 9
 }
 
 /// The framing of one WAL entry (docs/store.md). Little-endian:

@@ -1,6 +1,7 @@
 import CSupport
 import Client
 import PlacementDriver
+import PlacementDriverClient
 import Reactor
 import Records
 import Simulation
@@ -21,6 +22,14 @@ final class Checks: @unchecked Sendable {
     /// Every sealed range seen, with its bounds: a sealed range never changes.
     private var sealed: [String: (start: UInt64, end: UInt64)] = [:]
     private(set) var sealedRangesSeen = 0
+    /// Every range seen, with what never changes once it exists: its start and the epoch of the writer it was made
+    /// for.
+    private var created: [String: (start: UInt64, epoch: UInt64)] = [:]
+    /// Every stream's final ranges, from the last member sampled at the highest applied index (for the history check).
+    private var latestRanges: [UInt64: [RangeRecord]] = [:]
+    private var latestApplied: UInt64 = 0
+    /// The server id each node registered with: a node keeps its id across restarts, and no two nodes share one.
+    private var serverIDs: [Int: UInt64] = [:]
     var samples = 0
 
     func fail(_ message: String) {
@@ -31,6 +40,20 @@ final class Checks: @unchecked Sendable {
     func sample(_ nodes: [SimulatedNode]) {
         samples += 1
         for node in nodes {
+            guard node.process.isAlive, let server = node.rangeServer, let reactor = node.process.reactor else { continue }
+            reactor.shards[0].runSimulated {
+                let id = server.serverID
+                guard id != 0 else { return }
+                if let known = serverIDs[node.index], known != id {
+                    fail("registration: \(node.process.name) was server \(known) and is now server \(id)")
+                }
+                if let other = serverIDs.first(where: { $0.key != node.index && $0.value == id }) {
+                    fail("registration: nodes \(other.key) and \(node.index) both are server \(id)")
+                }
+                serverIDs[node.index] = id
+            }
+        }
+        for node in nodes {
             guard node.process.isAlive, let member = node.member, let reactor = node.process.reactor else { continue }
             reactor.shards[0].runSimulated {
                 if member.isLeader {
@@ -39,6 +62,7 @@ final class Checks: @unchecked Sendable {
                     }
                     leaders[member.term] = node.index
                 }
+                checkModel(member.state, member: node.index, applied: member.appliedIndex)
                 for stream in member.state.listStreams(after: 0, limit: Int.max) {
                     for range in (try? member.state.listRanges(stream: stream.streamID)) ?? [] where range.sealed {
                         let key = "\(stream.streamID)/\(range.index)"
@@ -83,6 +107,51 @@ final class Checks: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// What the placement driver's state machine may hold, by the model of it: per stream, ranges numbered in order,
+    /// each starting where the one before was sealed, only the last one open, epochs never falling and never above the
+    /// stream's, each on distinct servers, as many as the stream's replicas or (when fewer are healthy) at least its ack
+    /// count; a range's start and epoch never change.
+    func checkModel(_ state: PDStateMachine, member: Int, applied: UInt64) {
+        for stream in state.listStreams(after: 0, limit: Int.max) where !stream.deleted {
+            let ranges = (try? state.listRanges(stream: stream.streamID)) ?? []
+            for (i, range) in ranges.enumerated() {
+                let key = "\(stream.streamID)/\(range.index)"
+                if i > 0 {
+                    let before = ranges[i - 1]
+                    if range.index <= before.index || !before.sealed || range.startOffset != before.endOffset
+                        || range.epoch < before.epoch
+                    {
+                        fail("model: stream \(stream.streamID) on member \(member): range \(before.index) "
+                             + "[\(before.startOffset), \(before.endOffset)) sealed \(before.sealed) epoch \(before.epoch) "
+                             + "is followed by range \(range.index) from \(range.startOffset) epoch \(range.epoch)")
+                    }
+                }
+                if range.epoch > stream.epoch {
+                    fail("model: range \(key) has epoch \(range.epoch), above its stream's \(stream.epoch) (member \(member))")
+                }
+                if range.sealed && range.endOffset < range.startOffset {
+                    fail("model: range \(key) sealed at \(range.endOffset), below its start \(range.startOffset)")
+                }
+                let servers = Set(range.servers.map(\.serverID))
+                // Fewer healthy servers than replicas, but at least the ack count: the range goes on all of them.
+                if servers.count != range.servers.count || range.servers.count > Int(stream.replicaCount)
+                    || range.servers.count < Int(stream.ackCount)
+                {
+                    fail("model: range \(key) is on servers \(range.servers.map(\.serverID)), for \(stream.replicaCount) replicas acknowledged by \(stream.ackCount)")
+                }
+                if let seen = created[key] {
+                    if seen.start != range.startOffset || seen.epoch != range.epoch {
+                        fail("model: range \(key) was made from \(seen.start) at epoch \(seen.epoch), and is now from \(range.startOffset) at epoch \(range.epoch) (member \(member))")
+                    }
+                } else {
+                    created[key] = (range.startOffset, range.epoch)
+                }
+            }
+            if applied >= latestApplied { latestRanges[stream.streamID] = ranges }
+        }
+        if applied >= latestApplied { latestApplied = applied }
     }
 
     /// A digest of what the state machine says about streams and their ranges (sorted lists, so that two members
@@ -137,6 +206,24 @@ final class Checks: @unchecked Sendable {
                     fail("fencing: stream \(stream) acknowledged offset \(ack.offset) to a writer of epoch \(ack.epoch), "
                          + "appended at \(ack.invoked / 1_000_000) ms, after epoch \(fence.epoch) was opened at \(fence.answered / 1_000_000) ms")
                     reported = true
+                }
+            }
+        }
+        // Each acknowledged record lies in a range the placement driver made for the writer that was acknowledged:
+        // the range holding its offset carries that writer's epoch (an append is acknowledged only by the replicas of
+        // the range its writer opened).
+        for (stream, acknowledged) in ledger.acknowledged.sorted(by: { $0.key < $1.key }) {
+            guard let ranges = latestRanges[stream] else { continue }
+            for ack in acknowledged {
+                guard let range = ranges.last(where: { $0.startOffset <= ack.offset }),
+                      !range.sealed || ack.offset < range.endOffset
+                else {
+                    fail("history: stream \(stream) acknowledged offset \(ack.offset), which no range holds")
+                    break
+                }
+                if range.epoch != ack.epoch {
+                    fail("history: stream \(stream) acknowledged offset \(ack.offset) to a writer of epoch \(ack.epoch), in range \(range.index) of epoch \(range.epoch)")
+                    break
                 }
             }
         }

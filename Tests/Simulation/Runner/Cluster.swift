@@ -8,9 +8,13 @@ import Store
 import Transport
 
 /// What one run simulates: three nodes (each an embedded placement driver member and a two-shard range server, as
-/// `elastic-stream` runs them) and two client processes, each with one writer.
+/// `elastic-stream` runs them) and two client processes, each with one writer. Seeds with misdirected writes add a
+/// fourth node, a range server without a placement driver member, so that the cluster can place three replicas
+/// while a node whose disk lost acknowledged data refuses to start.
 struct ClusterShape {
     var nodes = 3
+    /// Nodes 1...members run a placement driver member.
+    var members = 3
     var shardsPerNode = 2
     var writers = 2
 }
@@ -24,6 +28,8 @@ final class SimulatedNode: @unchecked Sendable {
     var rangeServer: RangeServer?
     /// Boots that failed (the error), and ones that succeeded.
     var bootFailures: [String] = []
+    /// Boots that failed since the last one that succeeded.
+    var failedBootsInARow = 0
     /// Why the process last ended itself (a failed boot or a fatal storage failure).
     var exitReason: String?
     var booted = 0
@@ -43,7 +49,7 @@ struct ClusterBuilder {
     let durability: WALConfiguration.Durability
 
     func memberAddresses(_ nodes: [SimulatedNode]) -> [MemberAddress] {
-        nodes.map { MemberAddress(id: NodeID($0.index), host: $0.host, port: 2380, peerPort: 2390) }
+        nodes.prefix(shape.members).map { MemberAddress(id: NodeID($0.index), host: $0.host, port: 2380, peerPort: 2390) }
     }
 
     func boot(_ node: SimulatedNode, all nodes: [SimulatedNode]) {
@@ -79,16 +85,19 @@ struct ClusterBuilder {
                 process.value.crashSoon()
             }
             do {
-                let member = try await PDMember.start(settings, on: context)
-                let pd = try PDServer.start(member: member, members: memberTable, on: context,
-                                            limits: ConnectionLimits())
+                if node.index <= members.count {
+                    let member = try await PDMember.start(settings, on: context)
+                    node.member = member
+                    node.server = try PDServer.start(member: member, members: memberTable, on: context,
+                                                     limits: ConnectionLimits())
+                }
                 let rangeServer = try await RangeServer.start(serverConfiguration, placementDriver: pdAddresses,
                                                               reactor: reactor, on: context)
-                node.member = member
-                node.server = pd
                 node.rangeServer = rangeServer
                 node.booted += 1
+                node.failedBootsInARow = 0
             } catch {
+                node.failedBootsInARow += 1
                 node.bootFailures.append("\(error)")
                 node.exitReason = "boot failed: \(error)"
                 node.process.crashSoon()

@@ -15,11 +15,13 @@ enum ReplicaCheck {
     struct Outcome {
         var rangesChecked = 0
         var replicasChecked = 0
+        var replicasSkipped = 0
         var problems: [String] = []
     }
 
+    /// `skip` names hosts not to ask (a node down for good).
     static func run(client: ElasticStreamClient, streams: [UInt64], read: [UInt64: [ReadRecord]],
-                    context: ShardContext) async -> Outcome {
+                    skip: (String) -> Bool, context: ShardContext) async -> Outcome {
         var outcome = Outcome()
         var connections: [String: RPCClient] = [:]
         func connection(_ address: String) -> RPCClient {
@@ -48,6 +50,10 @@ enum ReplicaCheck {
                     let shard = RangeRouting.shard(streamID: stream, rangeIndex: range.index,
                                                    shardCount: server.shardAddresses.count)
                     let address = server.shardAddresses[shard]
+                    if let colon = address.lastIndex(of: ":"), skip(String(address[..<colon])) {
+                        outcome.replicasSkipped += 1
+                        continue
+                    }
                     let rpc = connection(address)
                     var held: [UInt64: [UInt8]] = [:]
                     var lastProblem = ""
@@ -93,7 +99,16 @@ enum ReplicaCheck {
                     outcome.replicasChecked += 1
                     let expected = Int(range.endOffset - range.startOffset)
                     if held.count != expected {
-                        outcome.problems.append("stream \(stream) range \(range.index) [\(range.startOffset), \(range.endOffset)): server \(server.serverID) holds \(held.count) of \(expected) records (\(lastProblem))")
+                        // What the replica says of itself, for the report.
+                        var describe = Elasticstream_V1_DescribeRangeRequest()
+                        describe.streamID = stream
+                        describe.rangeIndex = range.index
+                        var state = "describe failed"
+                        if case .success(let frame) = await rpc.call(.describeRange, header: describe, timeout: .seconds(2)),
+                           let answer = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self) {
+                            state = "it says start \(answer.range.startOffset), sealed \(answer.range.sealed) at \(answer.range.endOffset), confirmed \(answer.confirmedOffset)"
+                        }
+                        outcome.problems.append("stream \(stream) range \(range.index) [\(range.startOffset), \(range.endOffset)): server \(server.serverID) holds \(held.count) of \(expected) records (\(lastProblem); \(state))")
                         continue
                     }
                     for offset in range.startOffset..<range.endOffset where held[offset] != readBack[offset] {

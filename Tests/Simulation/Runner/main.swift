@@ -1,7 +1,7 @@
 // es-sim: runs the deterministic simulation of a whole cluster (three nodes, two writers) for a list of seeds and
 // prints one line per seed. Exits 1 when any seed violates an invariant. See docs/testing.md.
 //
-//   es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--verbose]
+//   es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--misdirect] [--no-corruption] [--verbose]
 //
 // Set SWIFT_DETERMINISTIC_HASHING=1 (Tests/Simulation/run.sh does): without it, dictionary order differs from one
 // process to the next and a seed does not replay the same way.
@@ -14,7 +14,7 @@ var options = RunOptions()
 var arguments = Array(CommandLine.arguments.dropFirst())
 
 func usage(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("es-sim: \(message)\nusage: es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--verbose]\n".utf8))
+    FileHandle.standardError.write(Data("es-sim: \(message)\nusage: es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--misdirect] [--no-corruption] [--verbose]\n".utf8))
     exit(2)
 }
 
@@ -43,6 +43,9 @@ while let argument = arguments.first {
         options.verbose = true
     case "--no-corruption":
         options.corruption = false
+    case "--misdirect":
+        // Every seed gets the node whose disk misdirects writes (normally 15% of mixed seeds).
+        options.misdirection = .always
     case "--stray-job":
         options.strayJob = true
     case "--help", "-h":
