@@ -11,10 +11,14 @@ import Reactor
 ///
 /// Records: u32 payload length, u64 XXH3-64 of the payload seeded with the record's file offset, u8 kind, payload.
 /// Kinds: 1 entries (u32 count; per entry u64 term, u64 index, u8 kind, u32 length, data), 2 hard state (u64 term,
-/// u64 vote, u64 commit), 3 snapshot (u64 index, u64 term, u32 voter count, u64 voters, u32 length, data).
-/// Recovery replays records in order and stops at the first that fails its checks: that is a torn last write, and
-/// the file is cut there. When the file outgrows `compactionBytes` past a snapshot, it is rewritten as one image
-/// (snapshot, hard state, entries after it) into a new file that replaces it atomically.
+/// u64 vote, u64 commit, and since the write marks u64 the file offset where its write began), 3 snapshot (u64 index,
+/// u64 term, u32 voter count, u64 voters, u32 length, data). Every write ends with a hard state record carrying the
+/// offset it began at: its *write mark*.
+/// Recovery replays records in order up to the first that fails its checks. If a write mark further on names a write
+/// that began after that record, the record had been synced (a later write only starts once the one before is
+/// durable) and was damaged since: corruption, reported, and the member does not start. Otherwise it is a torn last
+/// write, and the file is cut there. When the file outgrows `compactionBytes` past a snapshot, it is rewritten as one
+/// image (snapshot, entries after it, hard state) into a new file that replaces it atomically.
 /// Shard-bound.
 public final class RaftStorage {
     public let directory: String
@@ -40,8 +44,9 @@ public final class RaftStorage {
     private static func path(_ directory: String) -> String { "\(directory)/raft.log" }
 
     /// Opens (or creates) the storage in `directory`. A new one starts from `initial` (a bootstrap or joining state).
+    /// Throws `IOError`, or `RaftStorageCorruption` when synced records were damaged.
     public static func open(directory: String, on context: ShardContext, initial: PersistedState,
-                            compactionBytes: Int = 64 << 20) async throws(IOError) -> RaftStorage {
+                            compactionBytes: Int = 64 << 20) async throws -> RaftStorage {
         try await context.createDirectory(directory)
         let path = path(directory)
         if await !context.fileExists(path) {
@@ -68,7 +73,12 @@ public final class RaftStorage {
         }
         var state = initial
         state.entries = []
-        let valid = replay(UnsafeRawBufferPointer(rebasing: buffer[..<done]), into: &state)
+        let bytes = UnsafeRawBufferPointer(rebasing: buffer[..<done])
+        let valid = replay(bytes, into: &state)
+        if valid < done, let later = laterWrite(in: bytes, after: valid) {
+            throw RaftStorageCorruption(file: path, position: UInt64(valid),
+                                        detail: "a record fails its checks, and a write that began at byte \(later) follows it")
+        }
         if valid < done {
             // A torn last write: cut it off, so nothing after it can ever be read as a record again.
             try await file.truncate(to: UInt64(valid))
@@ -94,6 +104,28 @@ public final class RaftStorage {
         }
         return offset
     }
+
+    /// The start of a write that began after `bad`, from a valid write mark past it, if there is one.
+    static func laterWrite(in bytes: UnsafeRawBufferPointer, after bad: Int) -> UInt64? {
+        let size = headerSize + markedHardStateLength
+        var offset = bad + 1
+        while offset + size <= bytes.count {
+            defer { offset += 1 }
+            guard bytes[offset + 12] == 2,
+                  UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+                      == UInt32(markedHardStateLength)
+            else { continue }
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[(offset + headerSize)..<(offset + size)])
+            let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt64.self))
+            guard stored == checksum(2, payload, at: UInt64(offset)) else { continue }
+            let began = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+            if began > UInt64(bad) { return began }
+        }
+        return nil
+    }
+
+    /// A hard state record with its write mark: term, vote, commit, and where its write began.
+    static let markedHardStateLength = 32
 
     private static func checksum(_ kind: UInt8, _ payload: UnsafeRawBufferPointer, at offset: UInt64) -> UInt64 {
         var seeded = cs_xxh3_64(payload.baseAddress, payload.count, offset)
@@ -146,8 +178,7 @@ public final class RaftStorage {
         var out = Writer()
         if let snapshot = ready.snapshot { encodeSnapshot(snapshot, into: &out) }
         if !ready.entries.isEmpty { encodeEntries(ready.entries, into: &out) }
-        if let hard = ready.hardState { encodeHardState(hard, into: &out) }
-        guard !out.records.isEmpty else { return }
+        guard !out.records.isEmpty || ready.hardState != nil else { return }
         // A new term, a vote, entries or a snapshot must be on disk before anything goes out. So must a commit index
         // that covers a membership change about to be applied: after a restart the member rebuilds its voters by
         // applying the log up to its stored commit, and must not come back a change behind. Any other commit-only
@@ -181,7 +212,10 @@ public final class RaftStorage {
         if let first = state.entries.first, first.index != snapshot.index + 1 { state.entries = [] }
     }
 
+    /// Writes `out` at the tail, ending with the hard state (as `state` holds it now) and the write mark.
     private func append(_ out: Writer, sync: Bool = true) async throws(IOError) {
+        var out = out
+        encodeHardState(state.hardState, began: tail, into: &out)
         let bytes = out.finish(startingAt: tail)
         try await Self.writeAll(bytes, to: file, at: tail, sync: sync)
         tail += UInt64(bytes.count)
@@ -191,8 +225,8 @@ public final class RaftStorage {
     private func writeImage(into target: File) async throws(IOError) {
         var out = Writer()
         encodeSnapshot(state.snapshot, into: &out)
-        encodeHardState(state.hardState, into: &out)
         if !state.entries.isEmpty { encodeEntries(state.entries, into: &out) }
+        encodeHardState(state.hardState, began: 0, into: &out)
         let bytes = out.finish(startingAt: 0)
         try await Self.writeAll(bytes, to: target, at: 0)
         tail = UInt64(bytes.count)
@@ -248,11 +282,13 @@ public final class RaftStorage {
         out.end()
     }
 
-    private func encodeHardState(_ hard: HardState, into out: inout Writer) {
+    /// A hard state record with the write mark: where the write it ends began.
+    private func encodeHardState(_ hard: HardState, began: UInt64, into out: inout Writer) {
         out.begin(kind: 2)
         out.u64(hard.term)
         out.u64(hard.vote)
         out.u64(hard.commit)
+        out.u64(began)
         out.end()
     }
 
@@ -343,3 +379,12 @@ public final class RaftStorage {
 
 @available(*, unavailable)
 extension RaftStorage: Sendable {}
+
+/// A Raft log whose synced records were damaged: the member must not start on what is left (it could vote or lead
+/// without entries it acknowledged). Replace the member (or restore its directory).
+public struct RaftStorageCorruption: Error, CustomStringConvertible {
+    public let file: String
+    public let position: UInt64
+    public let detail: String
+    public var description: String { "Raft log corruption in \(file) at byte \(position): \(detail)" }
+}

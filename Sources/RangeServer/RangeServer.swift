@@ -387,7 +387,8 @@ func checkShardCount(_ count: Int, in directory: String, on context: ShardContex
     if let bytes = try await context.readWholeFile(path, limit: 4096) {
         let text = String(decoding: bytes, as: UTF8.self)
         guard let stored = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw RangeServerStartError(description: "\(path) does not hold a shard count")
+            throw RangeServerStartError(description: "\(path) is corrupt (\(bytes.count) bytes that are not a shard "
+                                        + "count); write into it the shard count this data directory was made with")
         }
         guard stored == count else {
             throw RangeServerStartError(description: "\(directory) was written by a range server with \(stored) shards; "

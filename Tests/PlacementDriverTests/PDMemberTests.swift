@@ -14,7 +14,7 @@ struct MemberBox: @unchecked Sendable {
     let member: PDMember
 
     func waitForLeadership() async throws {
-        for _ in 0..<400 where !member.isLeader { try await Task.sleep(for: .milliseconds(5)) }
+        for _ in 0..<6000 where !member.isLeader { try await Task.sleep(for: .milliseconds(5)) }
         try #require(member.isLeader, "the single member did not become leader")
     }
 
@@ -144,6 +144,58 @@ func restartedState(_ reactor: Reactor, _ settings: PDMember.Settings) async thr
             #expect(size > valid, "new records follow the cut")
             let reread = try Data(contentsOf: URL(fileURLWithPath: path))
             #expect(!reread[valid..<min(valid + 34, reread.count)].elementsEqual([0x40, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 30)))
+        }
+    }
+
+    /// Damage is told from a torn tail by the write marks: a record that fails its checks inside the last write is
+    /// a torn tail (cut, the member starts without that write); one in an earlier write, followed by the mark of a
+    /// write that began after it, had been synced: the member refuses to start, naming the file and position, rather
+    /// than come back without entries it acknowledged.
+    @Test func damageBeforeTheLastWriteStopsTheMemberButATornLastWriteIsCut() async throws {
+        try await withTemporaryDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            try await reactor.run(on: 0) { context in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                for _ in 0..<10 { _ = try await box.createStream() }
+                await box.member.stop()
+            }
+            let path = "\(directory)/raft.log"
+            let original = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            // The last record is the last write's mark: its last 8 bytes say where that write began.
+            let lastWrite = Int(original[(original.count - 8)...].withUnsafeBytes {
+                UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))
+            })
+            #expect(lastWrite > 0 && lastWrite < original.count - 45)
+
+            // A byte of the last write's first record: a torn tail. The member starts, without that write.
+            var torn = original
+            torn[lastWrite + 20] ^= 0x5A
+            try Data(torn).write(to: URL(fileURLWithPath: path))
+            let streams = try await reactor.run(on: 0) { context -> Int in
+                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
+                try await box.waitForLeadership()
+                let count = try await box.member.read { $0.streams.count }
+                await box.member.stop()
+                return count
+            }
+            #expect(streams >= 9 && streams <= 10)
+
+            // A byte of a record in an earlier write: corruption, and no start.
+            var damaged = original
+            damaged[lastWrite / 2] ^= 0x5A
+            try Data(damaged).write(to: URL(fileURLWithPath: path))
+            let refusal = try await reactor.run(on: 0) { context -> String in
+                do {
+                    let member = try await PDMember.start(settings(directory), on: context)
+                    await member.stop()
+                    return "started"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            #expect(refusal.contains("Raft log corruption in \(path)"), "\(refusal)")
         }
     }
 

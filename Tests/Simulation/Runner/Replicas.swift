@@ -16,10 +16,11 @@ enum ReplicaCheck {
         var rangesChecked = 0
         var replicasChecked = 0
         var replicasSkipped = 0
-        var problems: [String] = []
+        /// Each with the host of the replica it is about.
+        var problems: [(host: String, message: String)] = []
     }
 
-    /// `skip` names hosts not to ask (a node down for good).
+    /// `skip` names hosts not to ask (a node down for good, as far as can be told when its replicas come up).
     static func run(client: ElasticStreamClient, streams: [UInt64], read: [UInt64: [ReadRecord]],
                     skip: (String) -> Bool, context: ShardContext) async -> Outcome {
         var outcome = Outcome()
@@ -37,7 +38,7 @@ enum ReplicaCheck {
                     ranges = try await client.ranges(of: stream)
                     break
                 } catch {
-                    if attempt == 19 { outcome.problems.append("stream \(stream): listing its ranges failed: \(error)") }
+                    if attempt == 19 { outcome.problems.append(("", "stream \(stream): listing its ranges failed: \(error)")) }
                     try? await context.sleep(for: .milliseconds(500))
                 }
             }
@@ -50,7 +51,8 @@ enum ReplicaCheck {
                     let shard = RangeRouting.shard(streamID: stream, rangeIndex: range.index,
                                                    shardCount: server.shardAddresses.count)
                     let address = server.shardAddresses[shard]
-                    if let colon = address.lastIndex(of: ":"), skip(String(address[..<colon])) {
+                    let host = address.lastIndex(of: ":").map { String(address[..<$0]) } ?? address
+                    if skip(host) {
                         outcome.replicasSkipped += 1
                         continue
                     }
@@ -108,11 +110,11 @@ enum ReplicaCheck {
                            let answer = try? frame.header(as: Elasticstream_V1_DescribeRangeResponse.self) {
                             state = "it says start \(answer.range.startOffset), sealed \(answer.range.sealed) at \(answer.range.endOffset), confirmed \(answer.confirmedOffset)"
                         }
-                        outcome.problems.append("stream \(stream) range \(range.index) [\(range.startOffset), \(range.endOffset)): server \(server.serverID) holds \(held.count) of \(expected) records (\(lastProblem); \(state))")
+                        outcome.problems.append((host, "stream \(stream) range \(range.index) [\(range.startOffset), \(range.endOffset)): server \(server.serverID) holds \(held.count) of \(expected) records (\(lastProblem); \(state))"))
                         continue
                     }
                     for offset in range.startOffset..<range.endOffset where held[offset] != readBack[offset] {
-                        outcome.problems.append("stream \(stream) range \(range.index): server \(server.serverID) holds another record at \(offset) than the stream read gave")
+                        outcome.problems.append((host, "stream \(stream) range \(range.index): server \(server.serverID) holds another record at \(offset) than the stream read gave"))
                         break
                     }
                 }
