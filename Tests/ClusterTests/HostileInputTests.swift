@@ -570,9 +570,11 @@ extension HostileInputTests {
               + "\(attack.failures) connections refused; memory before \(before), peak \(attack.peak)")
         #expect(phase.errors.isEmpty, "the good writer saw errors: \(phase.errors)")
         #expect(phase.attackOperations > 0, "the good writer made no progress under attack")
-        // Allowed: 100 ms over twice the worst of the same writer alone (a disk or scheduler hiccup of the shared
-        // machine can land in either phase; an attack that stalls the writer does not fit in it).
-        #expect(phase.attackWorst <= phase.quietWorst * 2 + .milliseconds(100),
+        // Allowed: 1 s over twice the worst of the same writer alone. The attacker runs on the same cores as the
+        // three nodes, so under attack the writer competes for CPU with it (160 ms worsts were seen on a 2-core
+        // machine); what this must catch is a stall (a shard blocked, a connection starved by the attacker's), which
+        // lasts until a timeout: seconds, not a scheduling delay.
+        #expect(phase.attackWorst <= phase.quietWorst * 2 + .seconds(1),
                 "the good writer stalled \(phase.attackWorst) under attack, \(phase.quietWorst) alone")
         #expect(attack.undocumented.isEmpty, "\(attack.undocumented)")
         #expect(attack.requests > 100)

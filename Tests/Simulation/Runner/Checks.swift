@@ -27,6 +27,7 @@ final class Checks: @unchecked Sendable {
     private var created: [String: (start: UInt64, epoch: UInt64)] = [:]
     /// Every stream's final ranges, from the last member sampled at the highest applied index (for the history check).
     private var latestRanges: [UInt64: [RangeRecord]] = [:]
+    private var latestStarts: [UInt64: UInt64] = [:]
     private var latestApplied: UInt64 = 0
     /// The server id each node registered with: a node keeps its id across restarts, and no two nodes share one.
     private var serverIDs: [Int: UInt64] = [:]
@@ -149,7 +150,10 @@ final class Checks: @unchecked Sendable {
                     created[key] = (range.startOffset, range.epoch)
                 }
             }
-            if applied >= latestApplied { latestRanges[stream.streamID] = ranges }
+            if applied >= latestApplied {
+                latestRanges[stream.streamID] = ranges
+                latestStarts[stream.streamID] = stream.startOffset
+            }
         }
         if applied >= latestApplied { latestApplied = applied }
     }
@@ -214,7 +218,8 @@ final class Checks: @unchecked Sendable {
         // the range its writer opened).
         for (stream, acknowledged) in ledger.acknowledged.sorted(by: { $0.key < $1.key }) {
             guard let ranges = latestRanges[stream] else { continue }
-            for ack in acknowledged {
+            // Below the stream's start, trims removed the ranges.
+            for ack in acknowledged where ack.offset >= latestStarts[stream] ?? 0 {
                 guard let range = ranges.last(where: { $0.startOffset <= ack.offset }),
                       !range.sealed || ack.offset < range.endOffset
                 else {
@@ -237,9 +242,17 @@ final class Checks: @unchecked Sendable {
         }
     }
 
-    /// Every acknowledged record is there, at its offset, byte for byte; no payload appears twice; nothing appears that
-    /// no writer sent (AllAckedEntriesAreReadable, and exactly once).
-    func checkStream(_ stream: UInt64, read: [ReadRecord], ledger: Ledger) {
+    /// Every acknowledged record from the stream's start on is there, at its offset, byte for byte; no payload appears
+    /// twice; nothing appears that no writer sent (AllAckedEntriesAreReadable, and exactly once). The start is where
+    /// trims put it: at or past the highest trim the placement driver answered, never past the highest asked for.
+    func checkStream(_ stream: UInt64, read: [ReadRecord], start: UInt64, ledger: Ledger) {
+        let trimmed = ledger.trimmed[stream] ?? 0
+        let asked = ledger.trimsAsked[stream] ?? 0
+        if start < trimmed { fail("trim: stream \(stream) starts at \(start), below the trim to \(trimmed) it answered") }
+        if start > asked { fail("trim: stream \(stream) starts at \(start), past every trim asked for (at most \(asked))") }
+        if let first = read.first, first.offset != start {
+            fail("stream \(stream) starts at \(start), but reading it from there gave offset \(first.offset) first")
+        }
         var byOffset: [UInt64: [UInt8]] = [:]
         var payloads: Set<[UInt8]> = []
         var previous: UInt64?
@@ -258,6 +271,7 @@ final class Checks: @unchecked Sendable {
         var lost = 0
         for ack in acknowledged {
             acknowledgedPayloads.insert(ack.payload)
+            guard ack.offset >= start else { continue }
             guard let value = byOffset[ack.offset] else {
                 lost += 1
                 if lost <= 3 {

@@ -21,8 +21,9 @@ enum ReplicaCheck {
     }
 
     /// `skip` names hosts not to ask (a node down for good, as far as can be told when its replicas come up).
+    /// `starts` gives where each stream starts after its trims: records below are not asked for.
     static func run(client: ElasticStreamClient, streams: [UInt64], read: [UInt64: [ReadRecord]],
-                    skip: (String) -> Bool, context: ShardContext) async -> Outcome {
+                    starts: [UInt64: UInt64], skip: (String) -> Bool, context: ShardContext) async -> Outcome {
         var outcome = Outcome()
         var connections: [String: RPCClient] = [:]
         func connection(_ address: String) -> RPCClient {
@@ -44,7 +45,9 @@ enum ReplicaCheck {
             }
             let readBack = Dictionary((read[stream] ?? []).map { ($0.offset, $0.record.value) },
                                       uniquingKeysWith: { first, _ in first })
-            for range in ranges where range.sealed && range.endOffset > range.startOffset {
+            let streamStart = starts[stream] ?? 0
+            for range in ranges where range.sealed && range.endOffset > max(range.startOffset, streamStart) {
+                let first = max(range.startOffset, streamStart)
                 outcome.rangesChecked += 1
                 for server in range.servers {
                     guard !server.shardAddresses.isEmpty else { continue }
@@ -61,7 +64,7 @@ enum ReplicaCheck {
                     var lastProblem = ""
                     attempts: for _ in 0..<40 {
                         held = [:]
-                        var next = range.startOffset
+                        var next = first
                         while next < range.endOffset {
                             var request = Elasticstream_V1_FetchRequest()
                             request.streamID = stream
@@ -99,7 +102,7 @@ enum ReplicaCheck {
                         try? await context.sleep(for: .milliseconds(500))
                     }
                     outcome.replicasChecked += 1
-                    let expected = Int(range.endOffset - range.startOffset)
+                    let expected = Int(range.endOffset - first)
                     if held.count != expected {
                         // What the replica says of itself, for the report.
                         var describe = Elasticstream_V1_DescribeRangeRequest()
@@ -113,7 +116,7 @@ enum ReplicaCheck {
                         outcome.problems.append((host, "stream \(stream) range \(range.index) [\(range.startOffset), \(range.endOffset)): server \(server.serverID) holds \(held.count) of \(expected) records (\(lastProblem); \(state))"))
                         continue
                     }
-                    for offset in range.startOffset..<range.endOffset where held[offset] != readBack[offset] {
+                    for offset in first..<range.endOffset where held[offset] != readBack[offset] {
                         outcome.problems.append((host, "stream \(stream) range \(range.index): server \(server.serverID) holds another record at \(offset) than the stream read gave"))
                         break
                     }

@@ -242,6 +242,8 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
     let reader = simulator.addProcess(name: "reader", host: "127.0.3.1")
     final class ReadBack: @unchecked Sendable {
         var records: [UInt64: [ReadRecord]] = [:]
+        /// Where each stream starts (after its trims), as the placement driver said before reading it.
+        var starts: [UInt64: UInt64] = [:]
         var errors: [String] = []
         var replicas = ReplicaCheck.Outcome()
         var done = false
@@ -262,6 +264,16 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         for stream in streams {
             var records: [ReadRecord] = []
             var next: UInt64 = 0
+            for attempt in 0..<20 {
+                do {
+                    next = try await client.describeStream(stream).startOffset
+                    break
+                } catch {
+                    if attempt == 19 { readBack.errors.append("stream \(stream): describing it failed: \(error)") }
+                    try? await context.sleep(for: .milliseconds(500))
+                }
+            }
+            readBack.starts[stream] = next
             var attempts = 0
             while true {
                 do {
@@ -282,7 +294,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
             readBack.records[stream] = records
         }
         readBack.replicas = await ReplicaCheck.run(client: client, streams: streams, read: readBack.records,
-                                                   skip: downForGood.value, context: context)
+                                                   starts: readBack.starts, skip: downForGood.value, context: context)
         readBack.done = true
     }
     let readDeadline = simulator.now + 300 * second
@@ -312,7 +324,8 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
         checks.fail("replica convergence: \(problem.message)")
     }
     for stream in streams.sorted() {
-        checks.checkStream(stream, read: readBack.records[stream] ?? [], ledger: ledger)
+        checks.checkStream(stream, read: readBack.records[stream] ?? [], start: readBack.starts[stream] ?? 0,
+                           ledger: ledger)
     }
     checks.checkHistory(ledger)
     if simulator.strayJobs > 0 && !strayReported {
@@ -334,7 +347,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
                     ("/shards", "shard-count"), ("checkpoint", "checkpoint")].first { reason.contains($0.0) }?.1
         return "\(node.process.name):\(what ?? "other")"
     }
-    let summary = "durability=\(durability.rawValue) nodes=\(shape.nodes) misdirected-writes=\(misdirected) "
+    let summary = "trims=\(ledger.trims) durability=\(durability.rawValue) nodes=\(shape.nodes) misdirected-writes=\(misdirected) "
         + "down-for-good=\(bricked.isEmpty ? "none" : bricked.joined(separator: ",")) streams=\(streams.count) opens=\(ledger.opens.count) "
         + "sealed-ranges=\(readBack.replicas.rangesChecked) replicas=\(readBack.replicas.replicasChecked) "
         + "replicas-skipped=\(readBack.replicas.replicasSkipped) "

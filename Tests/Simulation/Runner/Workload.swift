@@ -35,6 +35,11 @@ final class Ledger: @unchecked Sendable {
     var unanswered: [UInt64: Set<[UInt8]>] = [:]
     var opens: [OpenCall] = []
     var creates: [CreateCall] = []
+    /// Per stream: the highest trim the placement driver answered (the stream starts there or later), and the highest
+    /// trim asked for at all (answered or not: the stream never starts past it).
+    var trimmed: [UInt64: UInt64] = [:]
+    var trimsAsked: [UInt64: UInt64] = [:]
+    var trims = 0
     var appendsAcknowledged = 0
     var appendsFailed = 0
     var failures: [String: Int] = [:]
@@ -132,8 +137,9 @@ struct Writer {
                 records.append(Record(timestamp: context.wallClockMilliseconds, value: payload))
             }
             let invoked = simulator.now
+            let base: UInt64
             do {
-                let base = try await current.append(records)
+                base = try await current.append(records)
                 for (i, payload) in payloads.enumerated() {
                     ledger.acknowledged[target, default: []].append(
                         Ledger.Acknowledged(offset: base + UInt64(i), payload: payload, epoch: current.epoch,
@@ -149,6 +155,19 @@ struct Writer {
                 writer = nil
                 try? await context.sleep(for: .milliseconds(50 + Int(simulator.below(200))))
                 continue
+            }
+            // Now and then drop the oldest records: a reader then starts where the stream starts, and every
+            // acknowledged record from there on must still be there.
+            if simulator.chance(0.01) {
+                let offset = base - min(base, simulator.below(200))
+                ledger.trimsAsked[target] = max(ledger.trimsAsked[target] ?? 0, offset)
+                do {
+                    try await current.trim(before: offset)
+                    ledger.trimmed[target] = max(ledger.trimmed[target] ?? 0, offset)
+                    ledger.trims += 1
+                } catch {
+                    ledger.failures["trim", default: 0] += 1
+                }
             }
             // Hand the stream back now and then, so that epochs move while writes go on.
             if simulator.chance(0.02) {
