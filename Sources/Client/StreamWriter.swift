@@ -150,6 +150,10 @@ public final class StreamWriter {
                 case .failure(.refused(.rangeNotFound, _)):
                     // It never received the range: it holds nothing of it.
                     ends.append(range.startOffset)
+                case .failure(.refused(.epochFenced, let message)):
+                    // A newer writer opened the stream after this one did and fenced the range first: this writer
+                    // can never seal it; waiting out the failover timeout would only delay the caller.
+                    throw .fenced(message)
                 default:
                     break
                 }

@@ -233,7 +233,9 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
     }
     if !progressed {
         checks.fail("liveness: not every writer had an append acknowledged within \(options.livenessSeconds) s of healing "
-                    + "(failures: \(ledger.failures.sorted { $0.key < $1.key }))")
+                    + "(failures: \(ledger.failures.sorted { $0.key < $1.key }); last acknowledged: "
+                    + "\(ledger.lastAcknowledgedBy.sorted { $0.key < $1.key }.map { "writer \($0.key) at \($0.value / 1_000_000) ms" }); "
+                    + "doing: \(ledger.doing.sorted { $0.key < $1.key }.map { "writer \($0.key) \($0.value)" }))")
     }
 
     // Phase 3: writers stop; a reader reads every stream back.

@@ -40,6 +40,8 @@ final class Ledger: @unchecked Sendable {
     var trimmed: [UInt64: UInt64] = [:]
     var trimsAsked: [UInt64: UInt64] = [:]
     var trims = 0
+    /// What each writer is doing now (for a liveness failure's report).
+    var doing: [Int: String] = [:]
     var appendsAcknowledged = 0
     var appendsFailed = 0
     var failures: [String: Int] = [:]
@@ -113,6 +115,7 @@ struct Writer {
                     target = ledger.streams[Int(simulator.below(UInt64(ledger.streams.count)))]
                 }
                 let invoked = simulator.now
+                ledger.doing[number] = "opening stream \(target) since \(invoked / 1_000_000) ms"
                 do {
                     let opened = try await client.openStream(target)
                     ledger.opens.append(Ledger.OpenCall(stream: target, invoked: invoked, answered: simulator.now,
@@ -138,6 +141,7 @@ struct Writer {
             }
             let invoked = simulator.now
             let base: UInt64
+            ledger.doing[number] = "appending to stream \(target) since \(invoked / 1_000_000) ms"
             do {
                 base = try await current.append(records)
                 for (i, payload) in payloads.enumerated() {
@@ -151,6 +155,7 @@ struct Writer {
             } catch {
                 ledger.noteFailure(error)
                 for payload in payloads { ledger.unanswered[target, default: []].insert(payload) }
+                ledger.doing[number] = "closing stream \(target) after a failure since \(simulator.now / 1_000_000) ms"
                 await current.close(timeout: .seconds(2))
                 writer = nil
                 try? await context.sleep(for: .milliseconds(50 + Int(simulator.below(200))))
@@ -161,6 +166,7 @@ struct Writer {
             if simulator.chance(0.01) {
                 let offset = base - min(base, simulator.below(200))
                 ledger.trimsAsked[target] = max(ledger.trimsAsked[target] ?? 0, offset)
+                ledger.doing[number] = "trimming stream \(target) since \(simulator.now / 1_000_000) ms"
                 do {
                     try await current.trim(before: offset)
                     ledger.trimmed[target] = max(ledger.trimmed[target] ?? 0, offset)
@@ -171,9 +177,11 @@ struct Writer {
             }
             // Hand the stream back now and then, so that epochs move while writes go on.
             if simulator.chance(0.02) {
+                ledger.doing[number] = "handing stream \(target) back since \(simulator.now / 1_000_000) ms"
                 await current.close(timeout: .seconds(2))
                 writer = nil
             }
+            ledger.doing[number] = "pausing between appends since \(simulator.now / 1_000_000) ms"
             try? await context.sleep(for: .milliseconds(Int(simulator.below(20))))
         }
         if let writer { await writer.close(timeout: .seconds(2)) }
