@@ -62,6 +62,17 @@ struct SimulationTests {
         #expect(traces[0] != traces[2], "seeds 11 and 12 gave the same trace: \(traces)")
     }
 
+    /// Seed 990's bug as an arranged interleaving (`es-sim --scenario fenced-open`): an open whose placement driver
+    /// answer arrives after a newer writer fenced the range's replicas fails with `fenced` at once (it used to retry
+    /// for the 30 s failover timeout).
+    @Test func aStaleOpenIsFencedAtOnce() throws {
+        let simulator = try Self.simulator()
+        let (status, output) = try Self.run(simulator, ["--scenario", "fenced-open"],
+                                            environment: ["SWIFT_DETERMINISTIC_HASHING": "1"])
+        #expect(status == 0, "\(output.suffix(3000))")
+        #expect(output.contains("scenario fenced-open ok"), "\(output.suffix(3000))")
+    }
+
     /// A job that reaches Swift's global executor is caught: the run fails (and the job never runs).
     @Test func aJobOnTheGlobalExecutorFailsTheRun() throws {
         let simulator = try Self.simulator()

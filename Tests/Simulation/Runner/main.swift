@@ -2,6 +2,7 @@
 // prints one line per seed. Exits 1 when any seed violates an invariant. See docs/testing.md.
 //
 //   es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--misdirect] [--no-corruption] [--verbose]
+//   es-sim --scenario fenced-open [--verbose]
 //
 // Set SWIFT_DETERMINISTIC_HASHING=1 (Tests/Simulation/run.sh does): without it, dictionary order differs from one
 // process to the next and a seed does not replay the same way.
@@ -10,11 +11,12 @@ import Foundation
 import Logging
 
 var seeds: [UInt64] = []
+var scenario: Scenario?
 var options = RunOptions()
 var arguments = Array(CommandLine.arguments.dropFirst())
 
 func usage(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("es-sim: \(message)\nusage: es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--misdirect] [--no-corruption] [--verbose]\n".utf8))
+    FileHandle.standardError.write(Data("es-sim: \(message)\nusage: es-sim [--seeds A-B | --seed N]... [--faults none|mixed] [--seconds S] [--misdirect] [--no-corruption] [--verbose] | --scenario fenced-open\n".utf8))
     exit(2)
 }
 
@@ -46,6 +48,10 @@ while let argument = arguments.first {
     case "--misdirect":
         // Every seed gets the node whose disk misdirects writes (normally 15% of mixed seeds).
         options.misdirection = .always
+    case "--scenario":
+        guard let value = arguments.first.flatMap(Scenario.init(rawValue:)) else { usage("--scenario fenced-open") }
+        arguments.removeFirst()
+        scenario = value
     case "--stray-job":
         options.strayJob = true
     case "--help", "-h":
@@ -69,6 +75,13 @@ LoggingSystem.bootstrap { label in
 /// Writes a line at once (unbuffered): a seed that crashes the process still leaves the lines before it.
 func emit(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+if let scenario {
+    let violations = scenario.run(verbose: options.verbose)
+    emit("scenario \(scenario.rawValue) \(violations.isEmpty ? "ok" : "FAIL")")
+    for violation in violations { emit("  violation: \(violation)") }
+    exit(violations.isEmpty ? 0 : 1)
 }
 
 var failed: [UInt64] = []
