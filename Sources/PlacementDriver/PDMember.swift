@@ -304,14 +304,27 @@ public final class PDMember {
         guard appliedIndex >= node.snapshotIndex + settings.snapshotEvery,
               let entry = node.entry(at: appliedIndex), node.appliedIndex == appliedIndex
         else { return }
+        let data: [UInt8]
         do {
-            let data = try state.snapshot()
-            let snapshot = Snapshot(index: appliedIndex, term: entry.term, voters: node.voters, data: data)
-            try await storage.saveSnapshot(snapshot)
-            node.compact(through: snapshot.index, data: data)
+            data = try state.snapshot()
         } catch {
             logger.error("snapshot failed; the log keeps growing", metadata: ["error": "\(error)"])
+            return
         }
+        let snapshot = Snapshot(index: appliedIndex, term: entry.term, voters: node.voters, data: data)
+        do {
+            try await storage.saveSnapshot(snapshot)
+        } catch {
+            // A write that failed part-way may have left records the next write would land beside: as for any Raft
+            // storage failure, the member stops and its process ends (its supervisor starts it again on what is
+            // durable).
+            logger.critical("Raft storage failed writing a snapshot; the member stops", metadata: ["error": "\(error)"])
+            stopped = true
+            context.reportFatal("the placement driver member's Raft log could not be written: \(error)")
+            failWaiters(PDError(.storageFailed, "the member's Raft log could not be written: \(error)"))
+            return
+        }
+        node.compact(through: snapshot.index, data: data)
     }
 }
 

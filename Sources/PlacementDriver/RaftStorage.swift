@@ -14,10 +14,11 @@ import Reactor
 /// u64 vote, u64 commit, and since the write marks u64 the file offset where its write began), 3 snapshot (u64 index,
 /// u64 term, u32 voter count, u64 voters, u32 length, data). Every write ends with a hard state record carrying the
 /// offset it began at: its *write mark*.
-/// Recovery replays records in order up to the first that fails its checks. If a write mark further on names a write
-/// that began after that record, the record had been synced (a later write only starts once the one before is
-/// durable) and was damaged since: corruption, reported, and the member does not start. Otherwise it is a torn last
-/// write, and the file is cut there. When the file outgrows `compactionBytes` past a snapshot, it is rewritten as one
+/// Recovery replays records in order up to the first that fails its checks. If that record lies in the file's image
+/// (its first write, put in place by a rename, never torn), or a write mark further on names a write that began
+/// after it, the record had been synced (a later write only starts once the one before is durable) and was damaged
+/// since: corruption, reported, and the member does not start. Otherwise it is a torn last write, and the file is cut
+/// there. When the file outgrows `compactionBytes` past a snapshot, it is rewritten as one
 /// image (snapshot, entries after it, hard state) into a new file that replaces it atomically.
 /// Shard-bound.
 public final class RaftStorage {
@@ -74,10 +75,17 @@ public final class RaftStorage {
         var state = initial
         state.entries = []
         let bytes = UnsafeRawBufferPointer(rebasing: buffer[..<done])
-        let valid = replay(bytes, into: &state)
-        if valid < done, let later = laterWrite(in: bytes, after: valid) {
-            throw RaftStorageCorruption(file: path, position: UInt64(valid),
-                                        detail: "a record fails its checks, and a write that began at byte \(later) follows it")
+        let (valid, imageEnded) = replay(bytes, into: &state)
+        if valid < done {
+            // The file's first write is its image, put in place whole by a rename: it is never torn.
+            if !imageEnded {
+                throw RaftStorageCorruption(file: path, position: UInt64(valid),
+                                            detail: "a record of the file's image fails its checks")
+            }
+            if let later = laterWrite(in: bytes, after: valid) {
+                throw RaftStorageCorruption(file: path, position: UInt64(valid),
+                                            detail: "a record fails its checks, and a write that began at byte \(later) follows it")
+            }
         }
         if valid < done {
             // A torn last write: cut it off, so nothing after it can ever be read as a record again.
@@ -88,9 +96,12 @@ public final class RaftStorage {
                            tail: UInt64(valid), state: state)
     }
 
-    /// Replays records into `state`; returns where the valid ones end.
-    static func replay(_ bytes: UnsafeRawBufferPointer, into state: inout PersistedState) -> Int {
+    /// Replays records into `state`; returns where the valid ones end, and whether they reach past the end of the
+    /// file's image (its first write: the write mark that began at 0; in a file from before the write marks, any
+    /// hard state record, as the image held one).
+    static func replay(_ bytes: UnsafeRawBufferPointer, into state: inout PersistedState) -> (Int, imageEnded: Bool) {
         var offset = 0
+        var imageEnded = false
         while offset + headerSize <= bytes.count {
             let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
             guard length <= bytes.count - offset - headerSize else { break }
@@ -100,9 +111,13 @@ public final class RaftStorage {
             guard stored == checksum(kind, payload, at: UInt64(offset)) else { break }
             var reader = Reader(bytes: payload)
             guard apply(kind, &reader, to: &state) else { break }
+            if kind == 2 && (length != markedHardStateLength
+                             || payload.loadUnaligned(fromByteOffset: 24, as: UInt64.self) == 0) {
+                imageEnded = true
+            }
             offset += headerSize + length
         }
-        return offset
+        return (offset, imageEnded)
     }
 
     /// The start of a write that began after `bad`, from a valid write mark past it, if there is one.
@@ -119,7 +134,9 @@ public final class RaftStorage {
             let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt64.self))
             guard stored == checksum(2, payload, at: UInt64(offset)) else { continue }
             let began = UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
-            if began > UInt64(bad) { return began }
+            // A write that began after the bad record; or the image's own mark (it began at 0, and the image, put in
+            // place by a rename, is never torn).
+            if began > UInt64(bad) || began == 0 { return began }
         }
         return nil
     }

@@ -424,7 +424,7 @@ public final class ShardStore {
                 do {
                     try check(batch, key, location)
                 } catch {
-                    await discardDamaged(key, from: location.baseOffset)
+                    await discardIfDamaged(key, location)
                     throw error
                 }
                 result.append(batch)
@@ -458,29 +458,45 @@ public final class ShardStore {
         do {
             try check(bytes, key, location)
         } catch {
-            await discardDamaged(key, from: location.baseOffset)
+            await discardIfDamaged(key, location)
             throw error
         }
         return bytes
     }
 
-    /// A batch of a sealed replica failed its checksum when read back (a bad block, a misdirected write): the replica
-    /// forgets it and everything after it, durably, so that it no longer claims records it cannot serve, and the next
-    /// repair (reconciliation, or a seal sent to it) copies them again from a peer. An open replica keeps its index
-    /// (its writer still appends after it); the read fails, and the client reads from another replica.
-    private func discardDamaged(_ key: RangeKey, from offset: UInt64) async {
-        guard let range = ranges[key], range.sealedEnd != nil, !range.discarding,
-              range.pendingEnd == range.confirmedEnd, offset < range.confirmedEnd
-        else { return }
-        // No repair batch may be placed in the log until the discard is applied: live and replayed, the log then
-        // applies the same way.
+    /// A batch of a sealed replica failed its checks when read back. If it fails them again, read once more from
+    /// the disk (a read can go wrong where the disk holds good data), the replica forgets it and everything after it,
+    /// durably, so that it no longer claims records it cannot serve, and the next repair (reconciliation, or a seal
+    /// sent to it) copies them again from a peer. A checkpoint follows at once, so that recovery never scans the
+    /// damaged entry again (it would take it for corruption of the log and refuse to open the store). An open
+    /// replica keeps its index (its writer still appends after it): the read fails, and the client reads from
+    /// another replica.
+    private func discardIfDamaged(_ key: RangeKey, _ location: BatchLocation) async {
+        func current(_ range: RangeReplica) -> Bool {
+            // The index still holds this batch where it was read from: no trim, repair or earlier discard since.
+            let index = range.firstBatch(containingOrAfter: location.baseOffset)
+            return index < range.batches.count && range.batches[index].baseOffset == location.baseOffset
+                && range.batches[index].payloadPosition == location.payloadPosition
+        }
+        guard let range = ranges[key], range.sealedEnd != nil, !range.discarding, current(range) else { return }
         range.discarding = true
         defer { range.discarding = false }
+        guard let again = try? await wal.read(at: location.payloadPosition, length: location.length),
+              (try? check(again, key, location)) == nil,
+              ranges[key] === range, range.pendingEnd == range.confirmedEnd, current(range)
+        else { return }
+        // No repair batch may be placed in the log until the discard is applied (repairs wait while `discarding`):
+        // live and replayed, the log then applies the same way.
         discards += 1
-        try? await log(.discardFrom, RangeRecord(key: key, offset: offset))
+        do {
+            try await log(.discardFrom, RangeRecord(key: key, offset: location.baseOffset))
+            try await checkpoint()
+        } catch {
+            // The WAL failed (that is reported as fatal), or the checkpoint did: the next one covers it.
+        }
     }
 
-    /// Damaged batches of sealed replicas discarded for repair (`discardDamaged`), since the store opened.
+    /// Damaged batches of sealed replicas discarded for repair (`discardIfDamaged`), since the store opened.
     public private(set) var discards = 0
 
     /// A batch read back from disk must pass its own checksum, and be the batch the index put there (its range and

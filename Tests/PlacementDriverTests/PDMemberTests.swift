@@ -199,6 +199,35 @@ func restartedState(_ reactor: Reactor, _ settings: PDMember.Settings) async thr
         }
     }
 
+    /// The file's image (its first write, put in place by a rename) is never torn: damage in it, with nothing written
+    /// after it, is corruption, not a tail to cut (cutting it would leave a member with no term, vote or entries).
+    @Test func damageInsideTheImageIsCorruption() async throws {
+        try await withTemporaryDirectory { directory in
+            let reactor = try Reactor(configuration: .testing(shards: 1))
+            defer { reactor.shutdown() }
+            try await reactor.run(on: 0) { context in
+                let storage = try await RaftStorage.open(directory: directory, on: context,
+                                                         initial: .bootstrap(voters: [1, 2, 3]))
+                await storage.close()
+            }
+            let path = "\(directory)/raft.log"
+            var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            bytes[bytes.count / 2] ^= 0x5A
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            let refusal = try await reactor.run(on: 0) { context -> String in
+                do {
+                    let storage = try await RaftStorage.open(directory: directory, on: context,
+                                                             initial: .bootstrap(voters: [1, 2, 3]))
+                    await storage.close()
+                    return "opened"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            #expect(refusal.contains("Raft log corruption") && refusal.contains("image"), "\(refusal)")
+        }
+    }
+
     /// Entries an older build let into the log (an OPEN_STREAM whose epoch would overflow, a registration whose id
     /// would) are proposed here straight to the member, past the server's checks. Applying them answers an error;
     /// the member keeps serving, and a restart that replays them comes up with the same state.
