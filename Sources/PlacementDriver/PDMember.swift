@@ -229,11 +229,7 @@ public final class PDMember {
                 do {
                     try await storage.persist(ready)
                 } catch {
-                    // Without its log on disk this member must not vote or acknowledge anything: stop it.
-                    logger.critical("Raft storage failed; the member stops", metadata: ["error": "\(error)"])
-                    stopped = true
-                    context.reportFatal("the placement driver member's Raft log could not be written: \(error)")
-                    failWaiters(PDError(.storageFailed, "the member's Raft log could not be written: \(error)"))
+                    storageFailed(error)
                     return
                 }
                 for message in ready.messages where message.kind != .append && message.kind != .heartbeat {
@@ -315,16 +311,20 @@ public final class PDMember {
         do {
             try await storage.saveSnapshot(snapshot)
         } catch {
-            // A write that failed part-way may have left records the next write would land beside: as for any Raft
-            // storage failure, the member stops and its process ends (its supervisor starts it again on what is
-            // durable).
-            logger.critical("Raft storage failed writing a snapshot; the member stops", metadata: ["error": "\(error)"])
-            stopped = true
-            context.reportFatal("the placement driver member's Raft log could not be written: \(error)")
-            failWaiters(PDError(.storageFailed, "the member's Raft log could not be written: \(error)"))
+            // A write that failed part-way may have left records the next write would land beside.
+            storageFailed(error)
             return
         }
         node.compact(through: snapshot.index, data: data)
+    }
+
+    /// Without its log on disk this member must not vote or acknowledge anything: it stops, and its process ends
+    /// (its supervisor starts it again on what is durable).
+    private func storageFailed(_ error: any Error) {
+        logger.critical("Raft storage failed; the member stops", metadata: ["error": "\(error)"])
+        stopped = true
+        context.reportFatal("the placement driver member's Raft log could not be written: \(error)")
+        failWaiters(PDError(.storageFailed, "the member's Raft log could not be written: \(error)"))
     }
 }
 
