@@ -52,6 +52,17 @@ func restartedState(_ reactor: Reactor, _ settings: PDMember.Settings) async thr
     }
 }
 
+/// How many streams a member started again on `settings`' directory holds, once it leads.
+func restartedStreamCount(_ reactor: Reactor, _ settings: PDMember.Settings) async throws -> Int {
+    try await reactor.run(on: 0) { context -> Int in
+        let box = MemberBox(member: try await PDMember.start(settings, on: context))
+        try await box.waitForLeadership()
+        let count = try await box.member.read { $0.streams.count }
+        await box.member.stop()
+        return count
+    }
+}
+
 @Suite(.serialized) struct PDMemberTests {
     /// A single-member group on the reactor: it elects itself, applies proposals durably, batches concurrent
     /// proposals into shared syncs, serves linearizable reads, and after a restart (its Raft log replayed from disk)
@@ -132,13 +143,7 @@ func restartedState(_ reactor: Reactor, _ settings: PDMember.Settings) async thr
             try handle.seekToEnd()
             try handle.write(contentsOf: Data([0x40, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 30)))
             try handle.close()
-            let streams = try await reactor.run(on: 0) { context -> Int in
-                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
-                try await box.waitForLeadership()
-                let count = try await box.member.read { $0.streams.count }
-                await box.member.stop()
-                return count
-            }
+            let streams = try await restartedStreamCount(reactor, settings(directory))
             #expect(streams == written)
             let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
             #expect(size > valid, "new records follow the cut")
@@ -173,13 +178,7 @@ func restartedState(_ reactor: Reactor, _ settings: PDMember.Settings) async thr
             var torn = original
             torn[lastWrite + 20] ^= 0x5A
             try Data(torn).write(to: URL(fileURLWithPath: path))
-            let streams = try await reactor.run(on: 0) { context -> Int in
-                let box = MemberBox(member: try await PDMember.start(settings(directory), on: context))
-                try await box.waitForLeadership()
-                let count = try await box.member.read { $0.streams.count }
-                await box.member.stop()
-                return count
-            }
+            let streams = try await restartedStreamCount(reactor, settings(directory))
             #expect(streams >= 9 && streams <= 10)
 
             // A byte of a record in an earlier write: corruption, and no start.

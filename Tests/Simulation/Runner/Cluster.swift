@@ -30,6 +30,9 @@ final class SimulatedNode: @unchecked Sendable {
     var bootFailures: [String] = []
     /// Boots that failed since the last one that succeeded.
     var failedBootsInARow = 0
+    /// Three failed boots in a row: the node refuses to start (its disk lost durable data, as the run expects of a
+    /// misdirecting disk only).
+    var downForGood: Bool { failedBootsInARow >= 3 }
     /// Why the process last ended itself (a failed boot or a fatal storage failure).
     var exitReason: String?
     var booted = 0

@@ -256,7 +256,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
     // A node whose disk lost acknowledged data refuses to start (the damage is reported, never skipped): its replicas
     // are not asked. Any other node is up again by now.
     let downForGood = SimulatorBox({ (host: String) -> Bool in
-        nodes.contains { $0.host == host && $0.failedBootsInARow >= 3 }
+        nodes.contains { $0.host == host && $0.downForGood }
     })
     reader.start(shards: 1) { _, context in
         let readBack = box.value
@@ -321,7 +321,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
     }
     for error in readBack.errors { checks.fail("read back: \(error)") }
     // Replicas on a node down for good (as it turned out by the end) are not expected to answer.
-    let downHosts = Set(nodes.filter { $0.failedBootsInARow >= 3 }.map(\.host))
+    let downHosts = Set(nodes.filter(\.downForGood).map(\.host))
     for problem in readBack.replicas.problems.filter({ !downHosts.contains($0.host) }).prefix(5) {
         checks.fail("replica convergence: \(problem.message)")
     }
@@ -336,7 +336,7 @@ func runSeed(_ seed: UInt64, options: RunOptions) -> RunResult {
 
     let misdirected = nodes.map(\.process.misdirectedWrites).reduce(0, +)
     // Only a disk that misdirected writes may keep a node down, and only by a reported corruption.
-    let downNodes = nodes.filter { $0.failedBootsInARow >= 3 }
+    let downNodes = nodes.filter(\.downForGood)
     for node in downNodes {
         let reason = node.bootFailures.last ?? "?"
         if node.process.misdirectedWrites == 0 || !reason.contains("corrupt") {
